@@ -1,0 +1,187 @@
+"""Environment cards: everything the framework knows about one environment.
+
+A card turns a raw Gymnasium observation into short text (numbers read aloud
+with units) plus a *situation* phrase (the discrete, qualitative part that
+knowledge is stored under), and maps action words to the environment's
+actions. Cards live as Python modules in the repository's ``envs/`` folder, or
+in any folder or file named by the ``LLMRL_CARDS`` environment variable
+(``os.pathsep``-separated); each module lists its cards in ``CARDS``. Adding an
+environment therefore needs no change to ``llmrl/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+
+from llmrl.errors import UsageError
+
+BUILTIN_CARDS = Path(__file__).resolve().parent.parent / "envs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A changed version of an environment, for portability tests.
+
+    ``make_kwargs`` go to ``gym.make``; ``attributes`` are set on the
+    unwrapped environment after it is made (physics constants of classic
+    control environments are plain attributes, not constructor arguments).
+    """
+
+    description: str
+    make_kwargs: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class Card:
+    """Base class of environment cards; subclass it and fill in the blanks.
+
+    Subclasses set the class attributes and implement :meth:`describe` and
+    :meth:`situation`. ``actions`` maps each action word to the value passed
+    to ``env.step``; its order is the order the policy scores them in.
+    """
+
+    env_id: ClassVar[str]
+    #: Registry key; defaults to ``env_id``.
+    name: ClassVar[str | None] = None
+    instructions: ClassVar[str]
+    actions: ClassVar[dict[str, Any]] = {}
+    #: A short expert hint for the expert-hint baseline.
+    hint: ClassVar[str] = ""
+    #: Action word used when a generated answer cannot be parsed.
+    default_action: ClassVar[str | None] = None
+    #: (observation text, action word) examples for the few-shot baseline.
+    demonstrations: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Every situation phrase :meth:`situation` can return, when enumerable.
+    situations: ClassVar[tuple[str, ...]] = ()
+    make_kwargs: ClassVar[dict[str, Any]] = {}
+    variants: ClassVar[dict[str, Variant]] = {}
+    #: Modules to import before ``gym.make`` (they register the environments).
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name or self.env_id
+
+    @property
+    def action_words(self) -> list[str]:
+        return list(self.actions)
+
+    @property
+    def default_action_word(self) -> str:
+        return self.default_action or self.action_words[0]
+
+    def describe(self, obs: Any, env: gym.Env) -> str:
+        """The observation's numbers read aloud, short, with units."""
+        raise NotImplementedError
+
+    def situation(self, obs: Any, env: gym.Env) -> str:
+        """The qualitative state as one lower-case phrase."""
+        raise NotImplementedError
+
+    def text(self, obs: Any, env: gym.Env) -> tuple[str, str]:
+        """(observation text, situation); the situation phrase ends the text."""
+        sit = self.situation(obs, env)
+        return f"{self.describe(obs, env)} Situation: {sit}.", sit
+
+    def make_env(self, variant: str | None = None, **kwargs: Any) -> gym.Env:
+        """Make the Gymnasium environment, optionally in one of the variants."""
+        for module in self.requires:
+            importlib.import_module(module)
+        spec = Variant("", {}, {})
+        if variant is not None:
+            if variant not in self.variants:
+                known = ", ".join(self.variants) or "none"
+                raise UsageError(f"card {self.key} has no variant {variant!r} (variants: {known})")
+            spec = self.variants[variant]
+        env = gym.make(self.env_id, **{**self.make_kwargs, **spec.make_kwargs, **kwargs})
+        for attr, value in spec.attributes.items():
+            setattr(env.unwrapped, attr, value)
+        self.check(env)
+        return env
+
+    def check(self, env: gym.Env) -> None:
+        """Fail clearly when the card cannot drive this environment."""
+        if not self.actions:
+            space = env.action_space
+            kind = "discrete" if isinstance(space, gym.spaces.Discrete) else "non-discrete"
+            raise UsageError(f"card {self.key} gives no action words for its {kind} action space {space}")
+        for word, value in self.actions.items():
+            if not env.action_space.contains(value):
+                raise UsageError(f"card {self.key}: action {word!r} -> {value!r} is not in {env.action_space}")
+        if self.default_action is not None and self.default_action not in self.actions:
+            raise UsageError(f"card {self.key}: default action {self.default_action!r} is not an action word")
+
+
+_REGISTRY: dict[str, Card] = {}
+_LOADED = False
+
+
+def card_paths() -> list[Path]:
+    """Card modules: the built-in ``envs/`` folder, then ``LLMRL_CARDS`` entries."""
+    roots = [BUILTIN_CARDS] + [Path(p) for p in os.environ.get("LLMRL_CARDS", "").split(os.pathsep) if p]
+    files: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            files += sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+        elif root.suffix == ".py" and root.is_file():
+            files.append(root)
+        elif root != BUILTIN_CARDS:
+            raise UsageError(f"LLMRL_CARDS entry {root} is neither a folder nor a .py file")
+    return files
+
+
+def _load_module(path: Path) -> None:
+    name = f"llmrl_cards.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a broken user card must not look like an llmrl bug
+        raise UsageError(f"cannot load card module {path}: {type(exc).__name__}: {exc}") from exc
+    cards = getattr(module, "CARDS", None)
+    if cards is None:
+        raise UsageError(f"card module {path} defines no CARDS list")
+    for card in cards:
+        register(card)
+
+
+def register(card: Card) -> None:
+    """Add a card to the registry; a later card with the same key replaces it."""
+    if not isinstance(card, Card):
+        raise UsageError(f"{card!r} is not a Card instance")
+    _REGISTRY[card.key] = card
+
+
+def all_cards() -> dict[str, Card]:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for path in card_paths():
+            _load_module(path)
+    return dict(_REGISTRY)
+
+
+def get_card(env: str) -> tuple[Card, str | None]:
+    """Look up ``ENV`` or ``ENV:VARIANT``; returns the card and the variant name."""
+    key, _, variant = env.partition(":")
+    cards = all_cards()
+    if key not in cards:
+        raise UsageError(
+            f"no card for environment {key!r}; known: {', '.join(sorted(cards))} "
+            "(add one in envs/ or a folder named by LLMRL_CARDS; see README)"
+        )
+    card = cards[key]
+    if variant and variant not in card.variants:
+        known = ", ".join(card.variants) or "none"
+        raise UsageError(f"card {key} has no variant {variant!r} (variants: {known})")
+    return card, variant or None

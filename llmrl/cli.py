@@ -1,0 +1,190 @@
+"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``bench throughput``.
+
+Bad input of any kind ends in one ``llmrl: error: ...`` line and exit code 2;
+with ``--json`` the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmrl.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors on a single line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _quiet_libraries() -> None:
+    """Keep stdout for results: silence transformers' progress bars and advice."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", help="auto (default: bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="llmrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    model = sub.add_parser("model", help="fetch or describe a model")
+    msub = model.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    fetch = msub.add_parser("fetch", help="download and cache the default model")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if cached")
+    info = msub.add_parser("info", help="load a model and describe it")
+    _add_model_options(info)
+    info.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("eval", help="evaluate a policy on an environment")
+    ev.add_argument("--config", type=Path, help="YAML file with any of these options; flags override it")
+    ev.add_argument("--env", help="card name, optionally ENV:VARIANT (see `llmrl envs`)")
+    ev.add_argument("--policy", help="random, zero-shot, few-shot, chain-of-thought, expert-hint")
+    _add_model_options(ev)
+    ev.add_argument("--episodes", type=int)
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--max-steps", type=int, dest="max_steps")
+    ev.add_argument("--n-envs", type=int, dest="n_envs")
+    ev.add_argument("--mode", help="score (default) or generate")
+    ev.add_argument("--normalization", help="word (default), token or sum")
+    ev.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    ev.add_argument("--shots", type=int, help="few-shot: number of demonstrations (default 3)")
+    ev.add_argument("--trajectories", type=Path, help="few-shot: take demonstrations from this JSONL file")
+    ev.add_argument("--save-trajectories", type=Path, help="write the played episodes as JSONL")
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    envs = sub.add_parser("envs", help="list the environment cards")
+    envs.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    tp = bsub.add_parser("throughput", help="decisions/s: naive generate loop vs the llmrl policy")
+    tp.add_argument("--env", default="CartPole-v1")
+    tp.add_argument("--steps", type=int, default=2000, help="decisions of the llmrl policy to time")
+    tp.add_argument("--naive-steps", type=int, default=30, dest="naive_steps")
+    tp.add_argument("--n-envs", type=int, default=16, dest="n_envs")
+    _add_model_options(tp)
+    tp.add_argument("--json", action="store_true")
+    return parser
+
+
+def _options(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_model(args: argparse.Namespace) -> dict | None:
+    from llmrl.models import fetch_default, load_model, model_info
+
+    if args.action == "fetch":
+        path = fetch_default(force=args.force)
+        print(f"default model cached in {path}")
+        return None
+    info = model_info(load_model(args.model, args.device or "auto", args.dtype or "auto"))
+    if not args.json:
+        for k, v in info.items():
+            print(f"{k:>14}: {v}")
+    return info
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    from llmrl.baselines import BASELINES, make_baseline
+    from llmrl.cards import get_card
+    from llmrl.config import EvalConfig, build, load_yaml
+    from llmrl.evaluate import evaluate
+    from llmrl.models import load_model
+    from llmrl.rollout import save_trajectories
+
+    values = load_yaml(args.config) if args.config else {}
+    values.update(_options(args, list(EvalConfig.model_fields)))
+    if "env" not in values:
+        raise UsageError("eval needs --env (or env: in --config)")
+    cfg = build(EvalConfig, values, source=str(args.config) if args.config else "options")
+    if cfg.policy not in BASELINES:
+        raise UsageError(f"unknown policy {cfg.policy!r}; choose one of {', '.join(BASELINES)}")
+    card, variant = get_card(cfg.env)
+    variant = variant or cfg.variant
+    card.make_env(variant).close()  # fail on a bad card before loading a model
+    lm = None if cfg.policy == "random" else load_model(cfg.model, cfg.device, cfg.dtype)
+    policy_kwargs = {} if lm is None else dict(mode=cfg.mode, normalization=cfg.normalization,
+                                               temperature=cfg.temperature)
+    policy = make_baseline(cfg.policy, card, lm, seed=cfg.seed, k=cfg.shots, trajectories=cfg.trajectories,
+                           **policy_kwargs)
+    result, trajectories = evaluate(policy, card, cfg.policy, lm.name if lm else None, cfg.episodes, cfg.seed,
+                                    cfg.n_envs, cfg.max_steps, variant, progress=sys.stderr.isatty())
+    if args.save_trajectories:
+        save_trajectories(args.save_trajectories, trajectories, card.action_words)
+    summary = result.summary()
+    if not args.json:
+        print(f"{summary['env']}  policy={summary['policy']}  model={summary['model']}  "
+              f"episodes={summary['episodes']}")
+        print(f"  return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}  "
+              f"length {summary['mean_length']:.1f}  {summary['decisions_per_s']:.1f} decisions/s  "
+              f"cache hits {summary['cache_hit_rate']:.0%}  fallbacks {summary['fallback_rate']:.0%}")
+    return summary
+
+
+def cmd_envs(args: argparse.Namespace) -> list:
+    from llmrl.cards import all_cards
+
+    rows = [{"name": k, "env_id": c.env_id, "actions": c.action_words, "variants": list(c.variants)}
+            for k, c in sorted(all_cards().items())]
+    if not args.json:
+        for r in rows:
+            print(f"{r['name']:<34} actions: {', '.join(r['actions'])}"
+                  + (f"   variants: {', '.join(r['variants'])}" if r["variants"] else ""))
+    return rows
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from llmrl.bench import throughput
+
+    result = throughput(args.env, steps=args.steps, naive_steps=args.naive_steps, n_envs=args.n_envs,
+                        model=args.model, device=args.device or "auto", dtype=args.dtype or "auto")
+    if not args.json:
+        print(f"naive generate loop : {result['naive_decisions_per_s']:8.2f} decisions/s")
+        print(f"llmrl policy        : {result['decisions_per_s']:8.2f} decisions/s  "
+              f"(cache hits {result['cache_hit_rate']:.0%}, {result['n_envs']} envs)")
+        print(f"speedup             : {result['speedup']:8.1f}x")
+        print(f"uncached tokens     : {result['achieved_gflops']:8.1f} GFLOP/s of {result['matmul_gflops']:.1f} "
+              f"measured matmul ({result['matmul_fraction']:.0%})")
+    return result
+
+
+COMMANDS = {"model": cmd_model, "eval": cmd_eval, "envs": cmd_envs, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
+        result = COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"llmrl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llmrl: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False) and result is not None:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

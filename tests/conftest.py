@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny random model for fast tests, the real default for the ``real`` set."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from llmrl.models import LoadedModel, load_model
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real() -> LoadedModel:
+    return load_model(None, device="cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("LLMRL_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow real-model run; set LLMRL_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
