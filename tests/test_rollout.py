@@ -1,0 +1,98 @@
+"""Rollouts, evaluation summaries, trajectory files and few-shot examples drawn from them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmrl.baselines import baseline_prompt, few_shot_examples, make_baseline
+from llmrl.cards import get_card
+from llmrl.errors import UsageError
+from llmrl.evaluate import evaluate
+from llmrl.policy import Policy, PolicyStats
+from llmrl.rollout import load_trajectories, rollout, save_trajectories
+
+
+class FirstWord(Policy):
+    """Always the first action; records the batch sizes it was called with."""
+
+    def __init__(self, words):
+        self.action_words, self.stats, self.batches = words, PolicyStats(), []
+
+    def act(self, texts, slots=None):
+        self.batches.append(len(texts))
+        self.stats.decisions += len(texts)
+        return [0] * len(texts)
+
+
+def test_episodes_are_seeded_independently_of_env_count():
+    card, _ = get_card("CartPole-v1")
+    one = rollout(FirstWord(card.action_words), card, episodes=6, seed=5, n_envs=1)
+    policy = FirstWord(card.action_words)
+    four = rollout(policy, card, episodes=6, seed=5, n_envs=4)
+    assert [t.seed for t in four] == list(range(5, 11))
+    assert [(t.ret, t.steps[0].text) for t in one] == [(t.ret, t.steps[0].text) for t in four]
+    assert max(policy.batches) == 4  # four environments answered in one call
+    assert all(t.terminated and not t.truncated for t in four)
+
+
+def test_max_steps_truncates():
+    card, _ = get_card("CartPole-v1")
+    trajs = rollout(make_baseline("random", card, None, seed=0), card, episodes=3, seed=0, n_envs=2, max_steps=4)
+    assert all(t.length <= 4 for t in trajs)
+    assert any(t.truncated for t in trajs)
+
+
+def test_evaluate_summary_is_reproducible():
+    card, _ = get_card("CartPole-v1")
+    runs = [evaluate(make_baseline("random", card, None, seed=7), card, "random", None, episodes=5, seed=7,
+                     n_envs=3, progress=False)[0].summary() for _ in range(2)]
+    for key in ("returns", "mean_return", "std_return", "mean_length"):
+        assert runs[0][key] == runs[1][key]
+    assert runs[0]["episodes"] == len(runs[0]["returns"]) == 5
+    assert runs[0]["mean_return"] == pytest.approx(sum(runs[0]["returns"]) / 5)
+    assert runs[0]["decisions"] == sum(runs[0]["lengths"])
+
+
+def test_trajectory_file_round_trip_and_few_shot(tmp_path):
+    card, _ = get_card("CartPole-v1")
+    trajs = rollout(make_baseline("random", card, None, seed=1), card, episodes=3, seed=1, n_envs=2)
+    path = tmp_path / "t.jsonl"
+    save_trajectories(path, trajs, card.action_words)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0]["steps"][0]["action"] in card.action_words and rows[0]["return"] == trajs[0].ret
+    back = load_trajectories(path, card.action_words)
+    assert [(t.seed, t.ret, t.length) for t in back] == [(t.seed, t.ret, t.length) for t in trajs]
+    shots = few_shot_examples(card, 4, path)
+    best = max(trajs, key=lambda t: t.ret)
+    assert len(shots) == 4 and shots[0] == (best.steps[0].text, card.action_words[best.steps[0].action])
+    prompt = baseline_prompt("few-shot", card, 2, path)
+    assert len(prompt.shots) == 2
+
+
+def test_bad_trajectory_file(tmp_path):
+    card, _ = get_card("CartPole-v1")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"seed": 0, "steps": [{"text": "x", "situation": "s", "action": "jump", "reward": 1}]}\n')
+    with pytest.raises(UsageError, match="bad.jsonl:1"):
+        load_trajectories(bad, card.action_words)
+    with pytest.raises(UsageError, match="cannot read"):
+        load_trajectories(tmp_path / "missing.jsonl", card.action_words)
+
+
+def test_card_demonstrations_feed_few_shot():
+    card, _ = get_card("CartPole-v1")
+    assert few_shot_examples(card, 2) == list(card.demonstrations[:2])
+    with pytest.raises(UsageError):
+        few_shot_examples(card, 0)
+
+
+@pytest.mark.parametrize("name", ["zero-shot", "few-shot", "chain-of-thought", "expert-hint"])
+def test_prompt_baselines_differ_only_in_their_prompt(name):
+    card, _ = get_card("CartPole-v1")
+    prompt = baseline_prompt(name, card)
+    assert prompt.action_words == card.action_words and card.instructions in prompt.system_text()
+    assert (card.hint in prompt.system_text()) == (name == "expert-hint")
+    assert bool(prompt.shots) == (name == "few-shot")
+    assert prompt.reasoning == (name == "chain-of-thought")
