@@ -1,10 +1,11 @@
 """Cards for BabyAI "go to" levels (MiniGrid), read from the egocentric view.
 
 The observation is the agent's 7x7 view (agent at the bottom centre, facing
-up) plus the mission string. The card lists the nearest visible objects with
-their offsets in steps, and the situation says where the mission's target is
-relative to the agent and whether the way ahead is blocked. Both levels share
-the same action words, so knowledge can move between them.
+up) plus the mission string. The card lists the target and the nearest other
+object with their offsets in steps (few objects keep the text short and
+repetitive), and the situation says where the target is relative to the
+agent and whether the way ahead is blocked. Both levels share the action
+words and the shape of their situations, so knowledge can move between them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from llmrl.cards import Card
 # MiniGrid's object and colour indices (minigrid.core.constants), fixed by its encoding.
 _OBJECTS = {2: "wall", 4: "door", 5: "key", 6: "ball", 7: "box", 8: "goal", 9: "lava"}
 _COLORS = {0: "red", 1: "green", 2: "blue", 3: "purple", 4: "yellow", 5: "grey"}
-_EMPTY, _FLOOR, _DOOR, _GOAL = 1, 3, 4, 8
-_WALL = 2
-#: The agent's cell in the view, and how many objects the text lists at most.
+_EMPTY, _WALL, _FLOOR, _DOOR, _GOAL = 1, 2, 3, 4, 8
+# The agent's cell in the view, and how many objects the text lists at most.
 _AGENT_X, _AGENT_Y = 3, 6
-_MAX_LISTED = 3
+_MAX_LISTED = 2
 _MISSION = re.compile(r"go to (?:the|a) (?:(\w+) )?(\w+)")
 _PLACES = (
     "right in front of you",
@@ -47,6 +47,7 @@ def _goto_situations(target: str) -> tuple[str, ...]:
 
 
 def _walkable(cell: np.ndarray) -> bool:
+    """Whether the agent can step onto this encoded cell (lava counts as blocked)."""
     kind, _, state = (int(v) for v in cell)
     return kind in (_EMPTY, _FLOOR, _GOAL) or (kind == _DOOR and state == 0)
 
@@ -107,12 +108,15 @@ class BabyAIGoTo(Card):
         while free < _AGENT_Y and _walkable(image[_AGENT_X, _AGENT_Y - 1 - free]):
             free += 1
         if free == _AGENT_Y:
-            ahead_text = f"Ahead: {free} free steps, then out of view."
+            thing = "the edge of view"
         else:
             kind, color, _ = (int(v) for v in image[_AGENT_X, _AGENT_Y - 1 - free])
             thing = "a wall" if kind == _WALL else f"a {_COLORS[color]} {_OBJECTS.get(kind, 'thing')}"
-            ahead_text = f"Ahead: {free} free steps, then {thing}."
-        return f"Mission: {obs['mission']}. You see {', '.join(seen) or 'no objects'}. {ahead_text}"
+        if free:
+            front = f"Ahead: {free} free step{'' if free == 1 else 's'}, then {thing}."
+        else:
+            front = f"Right in front: {thing}."
+        return f"Mission: {obs['mission']}. You see {', '.join(seen) or 'no objects'}. {front}"
 
     def situation(self, obs: dict[str, Any], env: gym.Env) -> str:
         targets = self._targets(obs)
@@ -139,6 +143,23 @@ class GoToRedBall(BabyAIGoTo):
     )
     target = "the red ball"
     situations = _goto_situations(target)
+    demonstrations = (
+        (
+            "Mission: go to a red ball. You see a red ball 3 ahead and 2 left, a purple box 2 left. "
+            "Ahead: 1 free step, then a red box. Situation: the red ball is ahead to the left.",
+            "go forward",
+        ),
+        (
+            "Mission: go to the red ball. You see a red ball 3 left, a yellow key 2 right. "
+            "Ahead: 1 free step, then a grey ball. Situation: the red ball is to your left.",
+            "turn left",
+        ),
+        (
+            "Mission: go to the red ball. You see a grey box 2 left, a purple box 1 ahead and 1 left. "
+            "Ahead: 3 free steps, then a wall. Situation: the red ball is not in view.",
+            "go forward",
+        ),
+    )
 
 
 class GoToLocal(BabyAIGoTo):
@@ -148,6 +169,23 @@ class GoToLocal(BabyAIGoTo):
         "and face it. You only see a few steps ahead and to the sides; the episode ends when you face it."
     )
     situations = _goto_situations(BabyAIGoTo.target)
+    demonstrations = (
+        (
+            "Mission: go to the green ball. You see a green ball 3 ahead, a yellow key 1 ahead and 1 left. "
+            "Ahead: 2 free steps, then a green ball. Situation: the target is straight ahead.",
+            "go forward",
+        ),
+        (
+            "Mission: go to a grey key. You see a grey key 2 right, a red ball 1 right. "
+            "Ahead: 1 free step, then a wall. Situation: the target is to your right.",
+            "turn right",
+        ),
+        (
+            "Mission: go to the red key. You see a red key 2 ahead and 2 left, a green box 1 left. "
+            "Right in front: a red box. Situation: the target is ahead to the left and the way ahead is blocked.",
+            "turn left",
+        ),
+    )
 
 
 CARDS: list[Card] = [GoToRedBall(), GoToLocal()]

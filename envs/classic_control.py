@@ -50,17 +50,17 @@ class CartPole(Card):
     )
     demonstrations = (
         (
-            "Cart at center, moving 0.2 m/s right. Pole 3° left of upright, turning 20°/s right. "
+            "Cart at center, standing still. Pole 1° left of upright, turning 10°/s left. "
             "Situation: the pole is falling to the left.",
             "left",
         ),
         (
-            "Cart 0.1 m left of center, moving 0.4 m/s right. Pole 2° right of upright, turning 20°/s right. "
+            "Cart at center, moving 0.2 m/s left. Pole 1° right of upright, turning 20°/s right. "
             "Situation: the pole is falling to the right.",
             "right",
         ),
         (
-            "Cart 0.1 m left of center, moving 0.4 m/s left. Pole 1° right of upright, turning 30°/s left. "
+            "Cart 0.5 m left of center, moving 0.2 m/s left. Pole upright, not turning. "
             "Situation: the pole is balanced and the cart drifts left.",
             "left",
         ),
@@ -101,8 +101,8 @@ class CartPole(Card):
 class MountainCar(Card):
     env_id = "MountainCar-v0"
     instructions = (
-        "You drive an underpowered car in a valley and must reach the flag on the right hilltop at 0.5 m. "
-        "The engine is too weak to climb directly, and the episode ends after 200 steps."
+        "You drive an underpowered car out of a valley to the flag on the right hilltop at 0.5 m. "
+        "The engine is too weak to climb straight up; the episode ends at the flag or after 200 steps."
     )
     actions: ClassVar[dict[str, Any]] = {"push left": 0, "no push": 1, "push right": 2}
     hint = "Push in the direction the car is already moving to build up momentum by rocking back and forth."
@@ -113,9 +113,18 @@ class MountainCar(Card):
         "the car is standing still",
     )
     demonstrations = (
-        ("Car at -0.55 m, moving 0 mm per step. Situation: the car is standing still.", "push left"),
-        ("Car at -0.6 m, moving 4 mm per step left. Situation: the car is rolling left.", "push left"),
-        ("Car at -0.5 m, moving 15 mm per step right. Situation: the car is rolling right.", "push right"),
+        (
+            "Car at -0.5 m, standing still. Situation: the car is standing still.",
+            "push left",
+        ),
+        (
+            "Car at 0 m, moving 7 mm per step left. Situation: the car is rolling left.",
+            "push left",
+        ),
+        (
+            "Car at -0.5 m, moving 45 mm per step right. Situation: the car is rolling right.",
+            "push right",
+        ),
     )
     variants: ClassVar[dict[str, Variant]] = {
         "weak-engine": Variant("engine force 0.0008 instead of 0.001", attributes={"force": 0.0008}),
@@ -140,9 +149,9 @@ class MountainCar(Card):
 class Acrobot(Card):
     env_id = "Acrobot-v1"
     instructions = (
-        "You apply torque at the joint between two hanging links to swing the tip up. "
-        "Angles are counted from hanging straight down, counterclockwise positive; "
-        "the episode ends when the tip rises above 1 m over the pivot, or after 500 steps."
+        "You apply torque at the joint between two hanging 1 m links to swing the tip up. The first angle is "
+        "the upper link's from hanging straight down, the second the lower link's bend relative to the upper "
+        "one, counterclockwise positive. The episode ends when the tip rises above 1 m over the pivot."
     )
     actions: ClassVar[dict[str, Any]] = {"clockwise": 0, "no torque": 1, "counterclockwise": 2}
     hint = "Apply torque in the direction the lower link is swinging, to pump energy into the arm."
@@ -153,12 +162,12 @@ class Acrobot(Card):
     )
     demonstrations = (
         (
-            "Upper link at 0°, turning 0°/s. Lower link bent -10°, turning -50°/s. Tip height -2 m. "
+            "Links at 80° and -40°, turning 3 and -10 rad/s. Tip height -1 m. "
             "Situation: the lower link swings clockwise.",
             "clockwise",
         ),
         (
-            "Upper link at -30°, turning -100°/s. Lower link bent 70°, turning 300°/s. Tip height -1.5 m. "
+            "Links at -20° and -160°, turning -4 and 1 rad/s. Tip height 0 m. "
             "Situation: the lower link swings counterclockwise.",
             "counterclockwise",
         ),
@@ -173,9 +182,8 @@ class Acrobot(Card):
         # Tip height above the pivot, both links 1 m long.
         tip = -cos1 - math.cos(theta1 + theta2)
         return (
-            f"Upper link at {_num(math.degrees(theta1), 20)}°, turning {_num(math.degrees(omega1), 100)}°/s. "
-            f"Lower link bent {_num(math.degrees(theta2), 20)}°, turning {_num(math.degrees(omega2), 100)}°/s. "
-            f"Tip height {_num(tip, 0.5)} m."
+            f"Links at {_num(math.degrees(theta1), 20)}° and {_num(math.degrees(theta2), 20)}°, "
+            f"turning {_num(omega1, 1)} and {_num(omega2, 1)} rad/s. Tip height {_num(tip, 0.5)} m."
         )
 
     def situation(self, obs: Any, env: gym.Env) -> str:
@@ -205,19 +213,24 @@ class LunarLander(Card):
     )
     demonstrations = (
         (
-            "Lander at 0 m, 9 m up, moving 3 m/s right, 4 m/s down, tilted 0°, turning 10°/s right. "
+            "Lander over the pad, 9 m up; moving 3 m/s right, 5 m/s down; tilted 0°. "
             "Situation: the lander is upright, drifts right and sinks slowly.",
             "left engine",
         ),
         (
-            "Lander 1 m right, 6 m up, moving 1 m/s left, 5 m/s down, tilted 5° right, turning 20°/s left. "
-            "Situation: the lander is upright, stays on course and falls fast.",
+            "Lander 1 m left, 3 m up; moving 1 m/s left, 2 m/s down; tilted 5° left. "
+            "Situation: the lander is upright, holds course and falls fast.",
             "main engine",
         ),
         (
-            "Lander 2 m right, 2 m up, moving 1 m/s left, 1 m/s down, tilted 15° left, turning 30°/s left. "
-            "Situation: the lander leans left, drifts left and sinks slowly.",
+            "Lander 3 m right, 3 m up; moving 4 m/s down; tilted 30° left. "
+            "Situation: the lander tips left, holds course and falls fast.",
             "right engine",
+        ),
+        (
+            "Lander 1 m left, 0 m up; moving 0 m/s; tilted 0°. Left leg down. "
+            "Situation: the lander is touching down.",
+            "wait",
         ),
     )
     variants: ClassVar[dict[str, Variant]] = {
@@ -235,19 +248,16 @@ class LunarLander(Card):
     def describe(self, obs: Any, env: gym.Env) -> str:
         x, y, vx, vy, angle, spin, left_leg, right_leg = (float(o) for o in obs)
         where = _signed(x * self._X_M, 1, " m", "left", "right")
-        moving = [
-            part
-            for part in (
-                _signed(vx * self._VX_MS, 1, " m/s", "left", "right"),
-                _signed(vy * self._VY_MS, 1, " m/s", "down", "up"),
-            )
-            if part
-        ]
+        across = _signed(vx * self._VX_MS, 1, " m/s", "left", "right")
+        vertical = _signed(vy * self._VY_MS, 1, " m/s", "down", "up")
+        moving = ", ".join(part for part in (across, vertical) if part) or "0 m/s"
         tilt = _signed(math.degrees(angle), 5, "°", "right", "left") or "0°"
-        turn = _signed(math.degrees(spin * self._SPIN_RADS), 10, "°/s", "right", "left") or "0°/s"
+        # Only the sense of a spin of 5°/s or more: its size is folded into the situation's "tips".
+        spin_deg = math.degrees(spin * self._SPIN_RADS)
+        turning = "" if abs(spin_deg) < 5 else f", turning {'left' if spin_deg > 0 else 'right'}"
         text = (
-            f"Lander {where or 'over the pad'}, {_num(y * self._Y_M, 1)} m up; speed {', '.join(moving) or '0'}; "
-            f"tilt {tilt}, spin {turn}."
+            f"Lander {where or 'over the pad'}, {_num(y * self._Y_M, 1)} m up; "
+            f"moving {moving}; tilted {tilt}{turning}."
         )
         if left_leg and right_leg:
             return f"{text} Both legs down."
@@ -263,7 +273,7 @@ class LunarLander(Card):
         lean = 0 if projected > self.LEAN else 2 if projected < -self.LEAN else 1
         drift_to = x / 2 + vx  # where the lander is heading relative to the pad
         drift = 2 if drift_to > self.DRIFT else 0 if drift_to < -self.DRIFT else 1
-        # Faster than half the height per second (scaled units) plus a margin is too fast.
+        # Sinking faster than half the height (scaled units) plus a margin leaves too little room to brake.
         descent = 0 if -vy > y / 2 + 0.1 else 1
         return f"the lander {_LEANS[lean]}, {_DRIFTS[drift]} and {_DESCENTS[descent]}"
 

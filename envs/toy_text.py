@@ -14,7 +14,7 @@ import gymnasium as gym
 
 from llmrl.cards import Card, Variant
 
-# (row step, column step) of each move, in each environment's words.
+# (row step, column step) of each FrozenLake move, in the order the text lists the neighbours.
 _LAKE_MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 _LAKE_SIDE = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
 _LAKE_CELLS = {b"S": "ice", b"F": "ice", b"H": "hole", b"G": "goal"}
@@ -43,17 +43,18 @@ class FrozenLake(Card):
         "The ice is slippery, so a step may slide you sideways; the episode ends at the goal or in a hole."
     )
     actions: ClassVar[dict[str, Any]] = {"left": 0, "down": 1, "right": 2, "up": 3}
-    hint = "Walk toward the goal and never step next to a hole when a safer way exists."
+    hint = "Head for the goal and go around holes; on slippery ice, keep away from cells next to a hole."
     situations = _lake_situations()
     demonstrations = (
         (
-            "You are on row 1, column 1 of the 4x4 lake; the goal is on row 4, column 4. "
+            "You are at row 1, column 1; the goal is at row 4, column 4. "
             "Up: edge, down: ice, left: edge, right: ice. Situation: the goal is down and right.",
             "down",
         ),
         (
-            "You are on row 3, column 1 of the 4x4 lake; the goal is on row 4, column 4. "
-            "Up: ice, down: hole, left: edge, right: ice. Situation: the goal is down and right, with a hole below.",
+            "You are at row 3, column 1; the goal is at row 4, column 4. "
+            "Up: ice, down: hole, left: edge, right: ice. "
+            "Situation: the goal is down and right, with a hole below.",
             "right",
         ),
     )
@@ -72,6 +73,7 @@ class FrozenLake(Card):
 
     @staticmethod
     def _cell(env: gym.Env, row: int, col: int) -> str:
+        """What lies at (row, col): ice, hole, goal, or the edge beyond the map."""
         desc = env.unwrapped.desc
         if 0 <= row < desc.shape[0] and 0 <= col < desc.shape[1]:
             return _LAKE_CELLS[bytes(desc[row, col])]
@@ -122,6 +124,7 @@ _COMPASS = ("north", "south", "east", "west", "northeast", "northwest", "southea
 
 
 def _taxi_situations() -> tuple[str, ...]:
+    """Every Taxi situation: the target's compass direction, and a wall on the way there."""
     phrases = [
         "the passenger has been delivered",
         "the taxi is at the waiting passenger",
@@ -161,15 +164,21 @@ class Taxi(Card):
     situations = _taxi_situations()
     demonstrations = (
         (
-            "Taxi on row 3, column 2. Passenger waiting at the yellow stop (row 5, column 1), "
-            "going to the blue stop (row 5, column 4). Situation: the taxi is empty and the passenger is southwest.",
+            "Taxi at row 2, column 2. Walls: east. Passenger at the yellow stop (row 5, column 1), "
+            "destination the red stop (row 1, column 1). Situation: the passenger waits to the southwest.",
             "west",
         ),
         (
-            "Taxi on row 5, column 1. Passenger waiting at the yellow stop (row 5, column 1), "
-            "going to the blue stop (row 5, column 4). Walls: south, east, west. "
-            "Situation: the taxi is empty and at the passenger.",
+            "Taxi at row 5, column 4. Walls: south, west. "
+            "Passenger at the blue stop (row 5, column 4), destination the yellow stop (row 5, column 1). "
+            "Situation: the taxi is at the waiting passenger.",
             "pick up",
+        ),
+        (
+            "Taxi at row 4, column 4. Walls: west. Passenger aboard, destination the yellow stop (row 5, "
+            "column 1). Situation: the destination is to the southwest, "
+            "walled off to the west in the bottom rows.",
+            "north",
         ),
     )
 
@@ -214,7 +223,9 @@ class Taxi(Card):
         aboard = passenger == len(locs)
         target = locs[destination] if aboard else locs[passenger]
         if (row, col) == tuple(target):
-            return "the taxi is at the destination with the passenger" if aboard else "the taxi is at the waiting passenger"
+            if aboard:
+                return "the taxi is at the destination with the passenger"
+            return "the taxi is at the waiting passenger"
         base = "the destination is to the" if aboard else "the passenger waits to the"
         vertical = "south" if target[0] > row else "north" if target[0] < row else ""
         horizontal = "east" if target[1] > col else "west" if target[1] < col else ""

@@ -89,6 +89,8 @@ class Card:
     def text(self, obs: Any, env: gym.Env) -> tuple[str, str]:
         """(observation text, situation); the situation phrase ends the text."""
         sit = self.situation(obs, env)
+        if self.situations and sit not in self.situations:
+            raise ValueError(f"card {self.key} returned situation {sit!r}, which its situations list lacks")
         return f"{self.describe(obs, env)} Situation: {sit}.", sit
 
     def make_env(self, variant: str | None = None, **kwargs: Any) -> gym.Env:

@@ -38,7 +38,7 @@ ACROBOT_TABLE: Table = {
 
 
 def lunar_table(card: Card) -> Table:
-    """Lean against the drift, brake when falling fast, otherwise straighten up."""
+    """Undo a lean that goes with the drift, brake when falling fast, lean against a drift, else coast."""
     table = {"the lander is touching down": "wait"}
     for s in card.situations[1:]:
         lean = "left" if "tips left" in s else "right" if "tips right" in s else None
@@ -55,11 +55,11 @@ def lunar_table(card: Card) -> Table:
 
 
 def lake_table(card: Card) -> Table:
-    """Step toward the goal, down before right, avoiding a hole on that step."""
+    """Step toward the goal, vertically first, but not into a hole."""
+    sides = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
     table = {"you are on the goal": "down", "you fell into a hole": "down"}
     for s in card.situations[2:]:
         toward = s.split(",")[0].removeprefix("the goal is ").split(" and ")
-        sides = {"up": "above", "down": "below", "left": "to the left", "right": "to the right"}
         safe = [m for m in toward if "hole" not in s or sides[m] not in s.split(",")[1]]
         table[s] = safe[0] if safe else "left"
     return table
@@ -165,12 +165,12 @@ KNOWN_TEXTS = {
     "Situation: the pole is falling to the left.",
     # obs [-0.4726, 0.0]
     "MountainCar-v0": "Car at -0.5 m, standing still. Situation: the car is standing still.",
-    # angles 1.6° and -2.6°, speeds -5.3°/s and -5.5°/s, tip at -cos(0.027) - cos(-0.019) = -2.0 m.
-    "Acrobot-v1": "Upper link at 0°, turning 0°/s. Lower link bent 0°, turning 0°/s. Tip height -2 m. "
+    # angles 1.6° and -2.6°, speeds -0.09 and -0.10 rad/s, tip at -cos(0.027) - cos(-0.019) = -2.0 m.
+    "Acrobot-v1": "Links at 0° and 0°, turning 0 and 0 rad/s. Tip height -2 m. "
     "Situation: the lower link swings clockwise.",
     # x 0.006*10 m, y 1.399*6.67 = 9.3 m, vx 0.578*5 = 2.9 m/s, vy -0.528*7.5 = -4.0 m/s,
     # angle -0.4°, spin -0.131*2.5 rad/s = -18.8°/s; projected tilt -0.14 rad; drift 0.58; 0.53 < 1.399/2 + 0.1.
-    "LunarLander-v3": "Lander over the pad, 9 m up; speed 3 m/s right, 4 m/s down; tilt 0°, spin 20°/s right. "
+    "LunarLander-v3": "Lander over the pad, 9 m up; moving 3 m/s right, 4 m/s down; tilted 0°, turning right. "
     "Situation: the lander tips right, drifts right and sinks slowly.",
     "FrozenLake-v1-not-slippery": "You are at row 1, column 1; the goal is at row 4, column 4. "
     "Up: edge, down: ice, left: edge, right: ice. Situation: the goal is down and right.",
@@ -178,12 +178,12 @@ KNOWN_TEXTS = {
     "Taxi-v4": "Taxi at row 4, column 1. Walls: east, west. Passenger at the blue stop (row 5, column 4), "
     "destination the yellow stop (row 5, column 1). "
     "Situation: the passenger waits to the southeast, walled off to the east in the bottom rows.",
-    # view: red ball at (6, 2), yellow key at (2, 5), grey ball at (4, 5), column 3 free up to the wall at y=0.
+    # view: red ball at (6, 2), nearest other object a yellow key at (2, 5); column 3 free up to the wall at y=0.
     "BabyAI-GoToRedBall-v0": "Mission: go to the red ball. You see a red ball 4 ahead and 3 right, "
-    "a yellow key 1 ahead and 1 left, a grey ball 1 ahead and 1 right. Ahead: 5 free steps, then a wall. "
+    "a yellow key 1 ahead and 1 left. Ahead: 5 free steps, then a wall. "
     "Situation: the red ball is ahead to the right.",
     "BabyAI-GoToLocal-v0": "Mission: go to the green ball. You see a green ball 3 ahead, "
-    "a yellow key 1 ahead and 1 left, a grey ball 1 ahead and 1 right. Ahead: 2 free steps, then a green ball. "
+    "a yellow key 1 ahead and 1 left. Ahead: 2 free steps, then a green ball. "
     "Situation: the target is straight ahead.",
 }
 
@@ -234,6 +234,21 @@ def test_frozen_lake_variant_reaches_goal_when_firm() -> None:
     assert run_table("FrozenLake-v1", range(1), variant="not-slippery") == [1.0]
 
 
+@pytest.mark.parametrize("key", sorted(TABLES))
+def test_random_play_stays_within_situations(key: str) -> None:
+    """States the tables never reach (crashes, wrong stops, odd views) still get a listed situation."""
+    card = card_of(key)
+    env = card.make_env()
+    rng = np.random.default_rng(0)
+    words = card.action_words
+    obs, _ = env.reset(seed=0)
+    for _ in range(300):
+        assert card.situation(obs, env) in card.situations
+        obs, _, terminated, truncated, _ = env.step(card.actions[words[rng.integers(len(words))]])
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+
 @pytest.mark.parametrize("key", CLASSIC)
 def test_classic_control_texts_are_short(key: str) -> None:
     """Texts along table play and random play stay within 160 characters."""
@@ -261,7 +276,17 @@ def test_classic_control_texts_repeat() -> None:
 
 
 # Where each card's demonstrations come from: (seed, steps of table play), in the card's order.
-DEMO_STATES: dict[str, list[tuple[int, int]]] = {}
+DEMO_STATES: dict[str, list[tuple[int, int]]] = {
+    "CartPole-v1": [(0, 8), (2, 5), (0, 163)],
+    "MountainCar-v0": [(0, 0), (3, 85), (4, 57)],
+    "Acrobot-v1": [(4, 88), (3, 71)],
+    "LunarLander-v3": [(0, 4), (4, 114), (0, 77), (4, 294)],
+    "FrozenLake-v1": [(0, 0), (6, 10)],
+    "FrozenLake-v1-not-slippery": [(0, 0), (0, 2)],
+    "Taxi-v4": [(2, 0), (0, 6), (0, 8)],
+    "BabyAI-GoToRedBall-v0": [(2, 4), (4, 0), (1, 0)],
+    "BabyAI-GoToLocal-v0": [(0, 0), (5, 38), (3, 46)],
+}
 
 
 @pytest.mark.parametrize("key", sorted(TABLES))
