@@ -80,7 +80,7 @@ def policy_loop(lm: LoadedModel, env: str, steps: int, n_envs: int) -> dict:
     while policy.stats.decisions < steps:
         trajectories = rollout(policy, card, episodes=n_envs, seed=seed, n_envs=n_envs, variant=variant)
         seed += n_envs
-        suffix_tokens += [len(policy._suffix_ids(s.text)) for t in trajectories for s in t.steps[:1]]
+        suffix_tokens += [len(policy.suffix_ids(s.text)) for t in trajectories for s in t.steps[:1]]
     wall = time.perf_counter() - t0
     s = policy.stats
     return {

@@ -57,7 +57,10 @@ def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, ep
                                on_episode=lambda t: (bar.update(1), bar.set_postfix(ret=f"{t.ret:.1f}")))
         wall = time.perf_counter() - t0
     decisions = policy.stats.decisions - before[0]
-    rate = lambda now, then: (now - then) / decisions if decisions else 0.0  # noqa: E731
+
+    def rate(now: int, then: int) -> float:
+        return (now - then) / decisions if decisions else 0.0
+
     result = EvalResult(
         env=env_name, policy=policy_name, model=model, seed=seed, episodes=episodes,
         returns=[t.ret for t in trajectories], lengths=[t.length for t in trajectories],

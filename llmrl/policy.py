@@ -278,12 +278,13 @@ class LLMPolicy(Policy):
         while len(self._decisions) > self.decision_cache_size:
             self._decisions.popitem(last=False)
 
-    def _suffix_ids(self, text: str) -> list[int]:
+    def suffix_ids(self, text: str) -> list[int]:
+        """Token ids a decision runs on top of the cached prefix."""
         return self.lm.tokenizer(text + self._suffix, add_special_tokens=False).input_ids
 
     @torch.inference_mode()
     def _score_uncached(self, texts: list[str]) -> torch.Tensor:
-        batch, last = self._start([self._suffix_ids(t) for t in texts])
+        batch, last = self._start([self.suffix_ids(t) for t in texts])
         if self.prompt.reasoning:
             self._decode(batch, last, stop=_COT_CUE.strip())
             cue = torch.tensor(self._cue_ids).expand(len(texts), -1)
@@ -316,7 +317,7 @@ class LLMPolicy(Policy):
         self.last_answers = []
         for start in range(0, len(shown), self.max_batch):
             chunk = shown[start:start + self.max_batch]
-            batch, last = self._start([self._suffix_ids(t) for t in chunk])
+            batch, last = self._start([self.suffix_ids(t) for t in chunk])
             self.last_answers += self._decode(batch, last, stop="\n")
         actions = [self.parse(answer) for answer in self.last_answers]
         chosen = []

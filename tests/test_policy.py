@@ -124,7 +124,7 @@ def test_chain_of_thought_scores_after_a_rationale(tiny):
     scores = policy.scores(TEXTS[:2])
     assert scores.shape == (2, 2) and torch.isfinite(scores).all()
     # rationale tokens were decoded on top of the suffix before scoring
-    assert policy.stats.tokens > sum(len(policy._suffix_ids(t)) for t in TEXTS[:2])
+    assert policy.stats.tokens > sum(len(policy.suffix_ids(t)) for t in TEXTS[:2])
 
 
 def test_random_policy_is_seeded():
