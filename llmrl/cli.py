@@ -1,4 +1,4 @@
-"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``bench throughput``.
+"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``envs``, ``bench throughput``.
 
 Bad input of any kind ends in one ``llmrl: error: ...`` line and exit code 2;
 with ``--json`` the last line of stdout is one JSON object.
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-trajectories", type=Path, help="write the played episodes as JSONL")
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
+    run = sub.add_parser("run", help="run the editing loop from a YAML config")
+    run.add_argument("config", type=Path, help="YAML file of LoopConfig keys (see configs/experiments/)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (YAML value; dots reach into mappings); repeatable")
+    run.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+
     envs = sub.add_parser("envs", help="list the environment cards")
     envs.add_argument("--json", action="store_true")
 
@@ -140,6 +146,27 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_run(args: argparse.Namespace) -> dict:
+    from llmrl.config import LoopConfig, apply_overrides, build, load_yaml
+    from llmrl.loop import run
+
+    values = apply_overrides(load_yaml(args.config), args.set)
+    cfg = build(LoopConfig, values, source=str(args.config))
+
+    def show(row: dict) -> None:
+        if not args.json:
+            kl = "-" if row["locality_kl"] is None else f"{row['locality_kl']:.4f}"
+            rel = "-" if row["reliability"] is None else f"{row['reliability']:.2f}"
+            print(f"iter {row['iteration']:>2}  env steps {row['env_steps']:>6}  return {row['eval_mean_return']:7.1f}"
+                  f"  items {row['items']:>2}  reliability {rel}  locality KL {kl}"
+                  f"  edit {row['edit_seconds']:.1f}s", flush=True)
+
+    summary = run(cfg, progress=sys.stderr.isatty(), on_row=show)
+    if not args.json:
+        print(f"results in {summary['out']}")
+    return summary
+
+
 def cmd_envs(args: argparse.Namespace) -> list:
     from llmrl.cards import all_cards
 
@@ -167,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return result
 
 
-COMMANDS = {"model": cmd_model, "eval": cmd_eval, "envs": cmd_envs, "bench": cmd_bench}
+COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "envs": cmd_envs, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

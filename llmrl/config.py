@@ -66,3 +66,53 @@ def build(cls: type[C], values: dict[str, Any], source: str = "options") -> C:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         raise UsageError(f"bad {source}: {where}: {err['msg']}") from exc
+
+
+class LoopConfig(Strict):
+    """Everything ``llmrl run`` needs: one editing-loop run."""
+
+    env: str
+    strategy: Literal["context", "adapter", "weights", "none"]
+    #: The prompt baseline the edits start from.
+    base_policy: Literal["zero-shot", "expert-hint", "few-shot"] = "zero-shot"
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    iterations: int = Field(4, ge=1)
+    steps_per_iteration: int = Field(500, ge=1)
+    n_envs: int = Field(8, ge=1)
+    #: Exploration while collecting feedback: softmax temperature over the action scores, plus epsilon-random.
+    explore_temperature: float = Field(1.0, gt=0.0)
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)
+    gamma: float = Field(0.95, gt=0.0, le=1.0)
+    z: float = Field(2.0, ge=0.0)
+    min_support: int = Field(5, ge=1)
+    max_examples: int = Field(16, ge=1)
+    preference_margin: float = Field(0.1, ge=0.0, le=1.0)
+    eval_episodes: int = Field(20, ge=1)
+    eval_max_steps: int | None = Field(None, ge=1)
+    locality: bool = True
+    #: Keyword arguments of the strategy's injector (see llmrl/inject/<strategy>.py).
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    out: Path | None = None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as YAML; dots reach into mappings) applied to ``values``."""
+    out = dict(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set wants key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+        target = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target[p] = dict(target.get(p) or {})
+            target = target[p]
+        target[leaf] = value
+    return out

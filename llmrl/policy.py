@@ -20,6 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -110,6 +111,8 @@ class LLMPolicy(Policy):
         self.stats = PolicyStats()
         self._gen = torch.Generator().manual_seed(seed)
         self._invalid: set[int] = set()
+        #: Rewrites observation texts before they are scored (the context strategy adds retrieved cases).
+        self.transform: Callable[[list[str]], list[str]] | None = None
         #: Generate mode: the raw answers of the last call, for inspection and logs.
         self.last_answers: list[str] = []
         cfg = lm.model.config
@@ -128,8 +131,8 @@ class LLMPolicy(Policy):
         """Change the prompt (e.g. new injected context); the prefix is recomputed lazily."""
         self.prompt = prompt
         self.action_words = list(prompt.action_words)
-        rendered = render(prompt, self.lm.tokenizer)
-        self._suffix = rendered.suffix
+        self.rendered = rendered = render(prompt, self.lm.tokenizer)
+        self._prefix_text, self._suffix = rendered.prefix, rendered.suffix
         self._lead = " " if prompt.reasoning else rendered.lead
         tok = self.lm.tokenizer
         self._prefix_ids = tok(rendered.prefix, add_special_tokens=False, return_tensors="pt").input_ids
@@ -138,6 +141,19 @@ class LLMPolicy(Policy):
         self._cue_ids = tok(_COT_CUE, add_special_tokens=False).input_ids
         self._prefix_cache: DynamicCache | None = None
         self._decisions: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def invalidate(self) -> None:
+        """Forget the prefix KV cache and the decision cache: call after the model's weights change."""
+        self._prefix_cache = None
+        self._decisions.clear()
+
+    def decision_prompt(self, text: str) -> str:
+        """The whole prompt the model reads before answering for observation ``text``."""
+        return self._prefix_text + text + self._suffix
+
+    def answer_text(self, word: str) -> str:
+        """The continuation scored for action ``word`` right after :meth:`decision_prompt`."""
+        return self._lead + word
 
     @property
     def prefix_tokens(self) -> int:
@@ -257,6 +273,8 @@ class LLMPolicy(Policy):
 
     def scores(self, texts: list[str]) -> torch.Tensor:
         """Normalised action scores [len(texts), actions], through the decision cache."""
+        if self.transform is not None:
+            texts = self.transform(texts)
         result: list[torch.Tensor | None] = [self._decisions.get(t) for t in texts]
         for t in texts:
             if t in self._decisions:
@@ -313,6 +331,8 @@ class LLMPolicy(Policy):
     @torch.inference_mode()
     def _act_generate(self, texts: list[str], slots: list[int]) -> list[int]:
         note = " (Your last answer was not a valid action.)"
+        if self.transform is not None:
+            texts = self.transform(texts)
         shown = [t + note if self.invalid_feedback and s in self._invalid else t for t, s in zip(texts, slots)]
         self.last_answers = []
         for start in range(0, len(shown), self.max_batch):

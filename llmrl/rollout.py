@@ -47,8 +47,13 @@ class Trajectory:
 
 def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: int = 1,
             max_steps: int | None = None, variant: str | None = None,
-            on_episode: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
-    """Play ``episodes`` episodes; returns them in episode order."""
+            on_episode: Callable[[Trajectory], None] | None = None,
+            step_budget: int | None = None) -> list[Trajectory]:
+    """Play ``episodes`` episodes; returns them in episode order.
+
+    With ``step_budget``, play stops once that many environment steps were
+    taken in all: running episodes end truncated and unstarted ones are dropped.
+    """
     if episodes < 1 or n_envs < 1:
         raise UsageError("episodes and n_envs must be >= 1")
     if max_steps is not None and max_steps < 1:
@@ -58,6 +63,7 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
     done: list[Trajectory | None] = [None] * episodes
     running: dict[int, tuple[int, Trajectory, object]] = {}  # slot -> (episode, trajectory, obs)
     next_episode = 0
+    total_steps = 0
 
     def start(slot: int) -> None:
         nonlocal next_episode
@@ -71,13 +77,17 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
             start(slot)
         while running:
             slots = sorted(running)
+            if step_budget is not None:
+                slots = slots[:max(step_budget - total_steps, 0)]
             seen = [card.text(running[s][2], envs[s]) for s in slots]
             actions = policy.act([text for text, _ in seen], slots)
             for slot, (text, situation), a in zip(slots, seen, actions):
                 ep, traj, _ = running[slot]
                 obs, reward, terminated, truncated, _ = envs[slot].step(values[a])
                 traj.steps.append(Step(text, situation, int(a), float(reward)))
-                if max_steps is not None and traj.length >= max_steps:
+                total_steps += 1
+                out_of_budget = step_budget is not None and total_steps >= step_budget
+                if (max_steps is not None and traj.length >= max_steps) or out_of_budget:
                     truncated = True
                 if terminated or truncated:
                     traj.terminated, traj.truncated = bool(terminated), bool(truncated and not terminated)
@@ -85,10 +95,15 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
                     del running[slot]
                     if on_episode:
                         on_episode(traj)
-                    if next_episode < episodes:
+                    if next_episode < episodes and not out_of_budget:
                         start(slot)
                 else:
                     running[slot] = (ep, traj, obs)
+            if step_budget is not None and total_steps >= step_budget:
+                for ep, traj, _ in running.values():
+                    traj.truncated = True
+                    done[ep] = traj
+                running.clear()
     finally:
         for env in envs:
             env.close()

@@ -1,0 +1,131 @@
+"""Context strategy (recognition phase): knowledge as rules, demonstrations and retrieved cases.
+
+Nothing in the model changes. Following IKE (in-context knowledge editing),
+each item becomes a rule in the system prompt plus ``demos`` demonstrations:
+finished exchanges of one of its source observations answered with the
+preferred action. Rules and demonstrations sit in the shared prefix, so their
+KV cache is computed once. Optionally (SERAC / ExpeL-style memory), each
+observation is also preceded by up to ``k`` stored cases of its own
+situation, the closest first by cosine similarity of the model's own
+mean-pooled hidden states. Everything stays within ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from dataclasses import replace
+
+import torch
+
+from llmrl.inject import Edit
+from llmrl.knowledge import KnowledgeItem
+from llmrl.policy import LLMPolicy
+
+_SITUATION = re.compile(r"Situation: (.+)\.$")
+
+
+def _tokens(policy: LLMPolicy, text: str) -> int:
+    return len(policy.lm.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def select(policy: LLMPolicy, items: list[KnowledgeItem], demos: int, budget: int
+           ) -> tuple[list[KnowledgeItem], str, list[tuple[str, str]], int]:
+    """Rules and demonstrations, strongest evidence first, cut to ``budget`` tokens.
+
+    Returns the items kept, the rules block, the demonstrations and the tokens used.
+    """
+    header = "Rules learned from experience:"
+    used, kept, lines, shots = _tokens(policy, header), [], [header], []
+    for item in sorted(items, key=lambda i: -(i.value_gap * i.support)):
+        line = f"- When {item.situation}: {item.action}."
+        item_shots = [(text, item.action) for text in item.examples[:demos]]
+        cost = _tokens(policy, "\n" + line) + sum(_tokens(policy, policy.rendered.turn(t, a)) for t, a in item_shots)
+        if used + cost > budget:
+            break
+        kept.append(item)
+        lines.append(line)
+        shots += item_shots
+        used += cost
+    return kept, ("\n".join(lines) if kept else ""), shots, used
+
+
+class CaseMemory:
+    """Stored (observation, action) cases retrieved by situation, then by hidden-state similarity."""
+
+    def __init__(self, policy: LLMPolicy, items: list[KnowledgeItem], k: int, budget: int, layer: float,
+                 cache_size: int = 65536):
+        self.policy, self.k, self.budget = policy, k, budget
+        self.layer = max(1, round(layer * policy.lm.model.config.num_hidden_layers))
+        self.cases: dict[str, list[tuple[str, str]]] = {}
+        for item in items:
+            self.cases.setdefault(item.situation, []).extend((text, item.action) for text in item.examples)
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_size
+        self._embed([t for cases in self.cases.values() for t, _ in cases])
+
+    def _embed(self, texts: list[str]) -> None:
+        """Mean-pooled hidden states at ``layer`` for texts not yet embedded (one batched forward)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._embeddings))
+        if not todo:
+            return
+        lm = self.policy.lm
+        batch = lm.tokenizer(todo, add_special_tokens=False, padding=True, return_tensors="pt").to(lm.device)
+        with torch.inference_mode():
+            hidden = lm.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
+        mask = batch.attention_mask.unsqueeze(-1).float()
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).cpu()
+        for text, vec in zip(todo, pooled):
+            self._embeddings[text] = vec
+        while len(self._embeddings) > self._cache_size:
+            self._embeddings.popitem(last=False)
+
+    def retrieve(self, text: str) -> list[tuple[str, str]]:
+        """Up to ``k`` cases of the text's situation, most similar first."""
+        match = _SITUATION.search(text)
+        cases = [c for c in self.cases.get(match.group(1), []) if c[0] != text] if match else []
+        if len(cases) <= self.k:
+            return cases
+        self._embed([text])
+        sims = torch.stack([self._embeddings[t] for t, _ in cases]) @ self._embeddings[text]
+        return [cases[i] for i in sims.argsort(descending=True)[: self.k].tolist()]
+
+    def decorate(self, texts: list[str]) -> list[str]:
+        """Put each text's retrieved cases before it as finished exchanges, within the token budget."""
+        out = []
+        for text in texts:
+            turns = [self.policy.rendered.turn(case, action) for case, action in self.retrieve(text)]
+            while turns and _tokens(self.policy, "".join(turns)) > self.budget:
+                turns.pop()
+            out.append("".join(turns) + text)
+        return out
+
+
+class ContextInjector:
+    """Rules and demonstrations in the cached prefix, plus ``k`` retrieved cases per observation."""
+
+    name = "context"
+
+    def __init__(self, demos: int = 1, k: int = 0, max_tokens: int = 1024, embed_layer: float = 0.5):
+        if demos < 0 or k < 0 or max_tokens < 1 or not 0 < embed_layer <= 1:
+            raise ValueError("demos >= 0, k >= 0, max_tokens >= 1 and 0 < embed_layer <= 1 are required")
+        self.demos, self.k, self.max_tokens, self.embed_layer = demos, k, max_tokens, embed_layer
+
+    def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
+        t0 = time.perf_counter()
+        original_prompt, original_transform = policy.prompt, policy.transform
+        kept, rules, shots, used = select(policy, items, self.demos, self.max_tokens)
+        context = "\n".join(p for p in (original_prompt.context, rules) if p)
+        policy.set_prompt(replace(original_prompt, context=context, shots=original_prompt.shots + shots))
+        if self.k:
+            memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer)
+            policy.transform = memory.decorate
+
+        def undo() -> None:
+            policy.set_prompt(original_prompt)
+            policy.transform = original_transform
+
+        return Edit("context", list(items), time.perf_counter() - t0, 0, undo,
+                    info={"rules": len(kept), "demonstrations": len(shots), "context_tokens": used, "k": self.k,
+                          "prefix_tokens": policy.prefix_tokens})

@@ -1,0 +1,167 @@
+"""The editing loop: collect feedback, turn it into knowledge, inject it, evaluate; repeat.
+
+One run is one (environment, strategy, seed). Iteration 0 evaluates the
+untouched policy; each later iteration spends ``steps_per_iteration``
+environment steps of exploratory play, folds them into the knowledge base,
+undoes the previous edit and injects all items now in force, then evaluates
+the policy (return on fixed evaluation seeds) and the edit (reliability,
+generalization, locality, cost). Every iteration is one JSON line in
+``iterations.jsonl`` and a set of TensorBoard scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from llmrl.baselines import baseline_prompt
+from llmrl.cards import Card, get_card
+from llmrl.config import LoopConfig
+from llmrl.errors import UsageError
+from llmrl.evaluate import evaluate
+from llmrl.inject import Edit, Injector
+from llmrl.knowledge import Extraction, KnowledgeBase, texts_by_situation
+from llmrl.metrics import LocalityProbe, generalization, reliability
+from llmrl.models import load_model
+from llmrl.policy import LLMPolicy, Policy, PolicyStats
+from llmrl.rollout import rollout
+
+EVAL_SEED = 1_000_000
+
+
+def make_injector(strategy: str, options: dict[str, Any]) -> Injector:
+    """The injector of ``strategy``, built from the config's ``strategy_options``."""
+    if strategy == "context":
+        from llmrl.inject.context import ContextInjector as cls
+    elif strategy == "adapter":
+        from llmrl.inject.adapter import AdapterInjector as cls
+    elif strategy == "weights":
+        from llmrl.inject.weights import WeightsInjector as cls
+    else:
+        raise UsageError(f"unknown strategy {strategy!r}; choose context, adapter or weights")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad strategy_options for {strategy}: {exc}") from exc
+
+
+class Exploring(Policy):
+    """Samples from the policy's action distribution at a temperature, with epsilon-random actions."""
+
+    def __init__(self, policy: LLMPolicy, temperature: float, epsilon: float, seed: int):
+        self.policy, self.temperature, self.epsilon = policy, temperature, epsilon
+        self.action_words = policy.action_words
+        self.stats = PolicyStats()
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        self.stats.decisions += len(texts)
+        probs = torch.softmax(self.policy.scores(texts) / self.temperature, dim=-1)
+        n, k = probs.shape
+        probs = (1 - self.epsilon) * probs + self.epsilon / k
+        return torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()
+
+
+def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
+    """Run the loop; writes its outputs to ``cfg.out`` and returns the summary."""
+    card, variant = get_card(cfg.env)
+    card.make_env(variant).close()
+    injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options))
+    out = cfg.out or Path("runs") / f"{card.key}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    torch.manual_seed(cfg.seed)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed,
+                       default_action=card.action_words.index(card.default_action_word))
+    probe = LocalityProbe.for_card(lm, card) if cfg.locality else None
+    kb = KnowledgeBase(Extraction(cfg.gamma, cfg.z, cfg.min_support, max_examples=cfg.max_examples,
+                                  preference_margin=cfg.preference_margin))
+    writer = SummaryWriter(str(out / "tensorboard"))
+    rows: list[dict] = []
+    edit: Edit | None = None
+    env_steps = 0
+    try:
+        with tqdm(total=cfg.iterations + 1, desc=f"{cfg.strategy} on {card.key}", unit="it",
+                  disable=not progress) as bar:
+            for it in range(cfg.iterations + 1):
+                t0 = time.perf_counter()
+                changes = {"insert": [], "modify": [], "retain": [], "erase": []}
+                if it > 0:
+                    explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it)
+                    feedback = rollout(explorer, card, episodes=cfg.steps_per_iteration,
+                                       seed=cfg.seed * 100_000 + it * 1_000, n_envs=cfg.n_envs, variant=variant,
+                                       step_budget=cfg.steps_per_iteration)
+                    env_steps += sum(t.length for t in feedback)
+                    changes = kb.update(feedback, policy, it)
+                    if injector is not None and any(changes.values()):
+                        if edit is not None:
+                            edit.undo()
+                            edit = None
+                        if kb.items:
+                            edit = injector.inject(policy, list(kb.items.values()))
+                row = _evaluate(cfg, card, variant, policy, probe, kb, edit, it, env_steps, changes)
+                row["wall_seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                _log(writer, out, row)
+                if on_row:
+                    on_row(row)
+                bar.update(1)
+                bar.set_postfix(ret=f"{row['eval_mean_return']:.1f}", items=len(kb.items))
+    finally:
+        writer.close()
+        (out / "items.json").write_text(json.dumps(
+            {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
+            indent=2))
+    last = rows[-1]
+    return {
+        "env": card.key + (f":{variant}" if variant else ""), "strategy": cfg.strategy, "model": lm.name,
+        "seed": cfg.seed, "iterations": cfg.iterations, "env_steps": env_steps,
+        "final_mean_return": last["eval_mean_return"], "final_std_return": last["eval_std_return"],
+        "initial_mean_return": rows[0]["eval_mean_return"], "items": len(kb.items),
+        "reliability": last["reliability"], "generalization": last["generalization"],
+        "locality_kl": last["locality_kl"], "locality_top1": last["locality_top1"],
+        "edit_seconds": last["edit_seconds"], "params_touched": last["params_touched"], "out": str(out),
+    }
+
+
+def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, probe: LocalityProbe | None,
+              kb: KnowledgeBase, edit: Edit | None, it: int, env_steps: int, changes: dict) -> dict:
+    result, trajectories = evaluate(policy, card, cfg.strategy, policy.lm.name, cfg.eval_episodes,
+                                    seed=EVAL_SEED + cfg.seed * 1_000, n_envs=cfg.n_envs,
+                                    max_steps=cfg.eval_max_steps, variant=variant, progress=False)
+    items = list(kb.items.values())
+    summary = result.summary()
+    row = {
+        "iteration": it, "env_steps": env_steps, "eval_mean_return": summary["mean_return"],
+        "eval_std_return": summary["std_return"], "eval_returns": summary["returns"],
+        "items": len(items), "inserted": len(changes["insert"]), "modified": len(changes["modify"]),
+        "retained": len(changes["retain"]), "erased": len(changes["erase"]),
+        "reliability": reliability(policy, items) if items else None,
+        "generalization": generalization(policy, items, texts_by_situation(trajectories)) if items else None,
+        "edit_seconds": edit.seconds if edit else 0.0, "params_touched": edit.params_touched if edit else 0,
+        "edit_info": _jsonable(edit.info) if edit else {},
+        "decisions_per_s": summary["decisions_per_s"], "cache_hit_rate": summary["cache_hit_rate"],
+    }
+    row.update(probe.measure() if probe else {"locality_kl": None, "locality_top1": None})
+    return row
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+
+
+def _log(writer: Any, out: Path, row: dict) -> None:
+    with open(out / "iterations.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
+            writer.add_scalar(key, value, row["env_steps"])
+    writer.flush()
+

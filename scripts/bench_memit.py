@@ -1,0 +1,249 @@
+"""Benchmark of the weights strategy (ROME / MEMIT) on the default model.
+
+Measures what DESIGN.md calls the edit metrics, on real environment texts:
+
+- ``cartpole``: the two CartPole items (falling left -> left, falling right
+  -> right) edited into the zero-shot policy: reliability on the items'
+  examples, generalization to fresh observations of the same situations,
+  locality (next-token KL and top-1 agreement on unrelated sentences and on
+  the other CartPole situations), seconds, parameters touched, and the
+  CartPole return of the edited policy;
+- ``batch``: a 32-item MEMIT batch over Taxi-v4 situations (oracle-table
+  actions), statistics cached beforehand: edit seconds, reliability,
+  generalization, locality.
+
+Usage: ``.venv/bin/python scripts/bench_memit.py [cartpole|batch|all] [--method rome|memit]
+[--set key=value ...] [--json]``. The machine is shared and noisy: repeat
+timings (``--repeat``) and compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from llmrl.baselines import make_baseline
+from llmrl.cards import Card, get_card
+from llmrl.evaluate import evaluate
+from llmrl.inject.weights import WeightsInjector
+from llmrl.knowledge import KnowledgeItem
+from llmrl.models import LoadedModel, load_model
+from llmrl.policy import LLMPolicy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_cards import TABLES  # noqa: E402  (the oracle situation -> action tables)
+
+#: Everyday and general-knowledge sentences with nothing to do with the environments.
+LOCALITY_PROMPTS = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in our solar system is",
+    "My favourite breakfast is a bowl of",
+    "She opened the window because the room was",
+    "The train to Berlin leaves from platform",
+    "To bake bread you need flour, water, yeast and",
+    "The first man to walk on the moon was",
+    "In winter, many birds fly south to",
+    "He forgot his umbrella, so he got",
+    "The chemical symbol for gold is",
+    "Shakespeare wrote the play Romeo and",
+    "A triangle has three sides and three",
+    "The Pacific Ocean is the largest ocean on",
+    "Every morning I drink a cup of",
+    "The doctor told him to rest and drink plenty of",
+    "Mount Everest is the highest mountain in the",
+    "The children played football in the",
+    "Photosynthesis is the process by which plants make",
+    "The Great Wall is a famous landmark in",
+    "After dinner, we usually watch a",
+    "The speed of light is about 300,000 kilometres per",
+    "My grandmother grows tomatoes in her",
+    "The Eiffel Tower was built in the year",
+    "A group of lions is called a",
+    "The library closes at six o'clock in the",
+    "The heart pumps blood through the",
+    "Please remember to turn off the lights when you",
+    "The Amazon rainforest is located mostly in",
+    "Bananas are a good source of",
+    "The meeting has been moved to next",
+    "Albert Einstein is famous for the theory of",
+    "Cats like to sleep in warm places such as",
+    "The recipe calls for two cups of",
+    "The musician played a beautiful song on the",
+    "Tokyo is the capital city of",
+    "She wrote a letter to her friend to say",
+    "The Earth orbits the Sun once every",
+    "A good night's sleep helps you feel",
+    "The museum has a large collection of ancient",
+    "He bought a new bicycle because his old one",
+    "Honey is made by bees from the nectar of",
+    "The river flows through the valley and into the",
+    "Most people check their phones first thing in the",
+    "The Roman Empire was ruled by an",
+    "The bakery on the corner sells fresh",
+    "Rain falls when water droplets in clouds become",
+    "The students listened carefully to the teacher's",
+    "A compass needle always points",
+    "Our neighbours adopted a small brown",
+)
+
+
+def observations(card: Card, per_situation: int, seed: int, episodes: int = 400) -> dict[str, list[str]]:
+    """Distinct observation texts per situation from seeded random-action episodes."""
+    env = card.make_env()
+    rng = random.Random(seed)
+    actions = list(card.actions.values())
+    found: dict[str, list[str]] = {}
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            text, situation = card.text(obs, env)
+            bucket = found.setdefault(situation, [])
+            if text not in bucket and len(bucket) < per_situation:
+                bucket.append(text)
+            obs, _, terminated, truncated, _ = env.step(rng.choice(actions))
+            done = terminated or truncated
+    return found
+
+
+def split_items(card: Card, situations: list[str], n_examples: int, n_fresh: int,
+                seed: int) -> tuple[list[KnowledgeItem], dict[str, list[str]]]:
+    """Items (oracle-table actions) with ``n_examples`` examples each, and fresh texts held out."""
+    table = TABLES[card.key](card)
+    texts = observations(card, n_examples + n_fresh, seed)
+    items = [KnowledgeItem(s, table[s], value_gap=1.0, support=n_examples, examples=texts[s][:n_examples])
+             for s in situations]
+    return items, {s: texts[s][n_examples:] for s in situations}
+
+
+def share_right(policy: LLMPolicy, texts: dict[str, list[str]], action: dict[str, str]) -> float:
+    """Share of texts where the policy's greedy action is the wanted one."""
+    hits = total = 0
+    for situation, group in texts.items():
+        if group:
+            chosen = policy.scores(group).argmax(1)
+            hits += int((chosen == policy.action_words.index(action[situation])).sum())
+            total += len(group)
+    return hits / max(total, 1)
+
+
+@torch.no_grad()
+def next_token_logp(lm: LoadedModel, prompts: list[str]) -> list[torch.Tensor]:
+    """Log-distributions over the next token at every position of each prompt."""
+    out = []
+    for prompt in prompts:
+        ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        out.append(torch.log_softmax(lm.model(input_ids=ids.to(lm.device)).logits[0].float(), -1).cpu())
+    return out
+
+
+def locality(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, float]:
+    """Mean KL(before || after) and top-1 agreement, at the last position and over all positions."""
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (p.exp() * (p - q)).sum(-1)
+    last = torch.stack([kl(p[-1], q[-1]) for p, q in zip(before, after)])
+    every = torch.cat([kl(p, q) for p, q in zip(before, after)])
+    agree = torch.cat([(p.argmax(-1) == q.argmax(-1)).float() for p, q in zip(before, after)])
+    agree_last = torch.tensor([float(p[-1].argmax() == q[-1].argmax()) for p, q in zip(before, after)])
+    return {"kl_last": float(last.mean()), "kl_all": float(every.mean()), "kl_last_max": float(last.max()),
+            "top1_last": float(agree_last.mean()), "top1_all": float(agree.mean())}
+
+
+def measure(policy: LLMPolicy, injector: WeightsInjector, items: list[KnowledgeItem],
+            fresh: dict[str, list[str]], others: list[str]) -> dict:
+    """Inject, measure every edit metric, undo; checks that the undo is exact."""
+    lm = policy.lm
+    action = {item.situation: item.action for item in items}
+    examples = {item.situation: item.examples for item in items}
+    prompts = list(LOCALITY_PROMPTS)
+    env_prompts = [policy.decision_prompt(t) for t in others]
+    base = next_token_logp(lm, prompts)
+    base_env = next_token_logp(lm, env_prompts)
+    before = {"reliability": share_right(policy, examples, action), "generalization": share_right(policy, fresh, action)}
+    snapshot = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    edit = injector.inject(policy, items)
+    result = {
+        "seconds": edit.seconds, "stats_seconds": edit.info["stats_seconds"], "edit_seconds": edit.info["edit_seconds"],
+        "stats_cached": edit.info["stats_cached"], "params_touched": edit.params_touched, "layers": edit.info["layers"],
+        "before": before,
+        "reliability": share_right(policy, examples, action),
+        "generalization": share_right(policy, fresh, action),
+        "locality": locality(base, next_token_logp(lm, prompts)),
+        "locality_env": locality(base_env, next_token_logp(lm, env_prompts)) if others else None,
+        "items": edit.info["items"],
+    }
+    edit.undo()
+    result["undo_exact"] = all(torch.equal(p, snapshot[n]) for n, p in lm.model.named_parameters())
+    return result, edit
+
+
+def cartpole(lm: LoadedModel, injector: WeightsInjector, episodes: int) -> dict:
+    card, _ = get_card("CartPole-v1")
+    policy = make_baseline("zero-shot", card, lm)
+    situations = ["the pole is falling to the left", "the pole is falling to the right"]
+    items, fresh = split_items(card, situations, n_examples=50, n_fresh=50, seed=0)
+    balanced = [t for s in card.situations if s not in situations for t in observations(card, 10, 7)[s]]
+    result, _ = measure(policy, injector, items, fresh, balanced)
+    edit = injector.inject(policy, items)
+    ret = evaluate(policy, card, "weights", "x", episodes=episodes, seed=100, n_envs=8, progress=False)[0]
+    edit.undo()
+    zero = evaluate(policy, card, "zero-shot", "x", episodes=episodes, seed=100, n_envs=8, progress=False)[0]
+    result["eval"] = {"edited_mean_return": ret.mean_return, "edited_returns": ret.returns,
+                      "zero_shot_mean_return": zero.mean_return}
+    return result
+
+
+def batch(lm: LoadedModel, injector: WeightsInjector, n_items: int, repeat: int) -> dict:
+    card, _ = get_card("Taxi-v4")
+    policy = make_baseline("zero-shot", card, lm)
+    texts = observations(card, 20, 0)
+    situations = sorted((s for s in card.situations if len(texts.get(s, [])) >= 12),
+                        key=lambda s: -len(texts[s]))[:n_items]
+    items, fresh = split_items(card, situations, n_examples=10, n_fresh=10, seed=0)
+    injector.inject(policy, items).undo()  # fills the statistics cache; timings below are edits only
+    runs = []
+    for _ in range(repeat):
+        result, _ = measure(policy, injector, items, fresh, [])
+        runs.append(result)
+    seconds = [r["seconds"] for r in runs]
+    return {"n_items": len(items), "seconds": seconds, "median_seconds": statistics.median(seconds), **runs[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["cartpole", "batch", "all"], nargs="?", default="all")
+    parser.add_argument("--method", default="memit", choices=["rome", "memit"])
+    parser.add_argument("--set", action="append", default=[], help="injector option key=value (Python literal)")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--items", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    options = {}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        options[key] = ast.literal_eval(value)
+    injector = WeightsInjector(method=args.method, **options)
+    torch.manual_seed(0)
+    lm = load_model(None, device="cpu")
+    t0 = time.perf_counter()
+    out = {"method": args.method, "options": {k: repr(v) for k, v in options.items()}}
+    if args.part in ("cartpole", "all"):
+        out["cartpole"] = cartpole(lm, injector, args.episodes)
+    if args.part in ("batch", "all"):
+        out["batch"] = batch(lm, injector, args.items, args.repeat)
+    out["wall_seconds"] = time.perf_counter() - t0
+    print(json.dumps(out, indent=None if args.json else 2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Feedback to knowledge on synthetic trajectories whose action values are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llmrl.knowledge import (Extraction, KnowledgeBase, action_values, returns_to_go, spread,
+                             texts_by_situation)
+from llmrl.policy import Policy, PolicyStats
+from llmrl.rollout import Step, Trajectory
+
+WORDS = ["left", "right"]
+
+
+class Prefers(Policy):
+    """A policy whose action distribution is fixed per situation (read from the text)."""
+
+    def __init__(self, probs: dict[str, list[float]]):
+        self.action_words, self.stats, self.probs = WORDS, PolicyStats(), probs
+
+    def scores(self, texts):
+        return torch.log(torch.tensor([self.probs[t.split("|")[0]] for t in texts]))
+
+    def act(self, texts, slots=None):
+        return self.scores(texts).argmax(-1).tolist()
+
+
+def bandit(rng, situation, means, n, noise=0.5, seed0=0):
+    """One-step episodes: action a in ``situation`` pays means[a] plus Gaussian noise."""
+    out = []
+    for i in range(n):
+        a = i % len(means)
+        r = means[a] + rng.normal(0, noise)
+        out.append(Trajectory(seed0 + i, [Step(f"{situation}|{i}", situation, a, float(r))], terminated=True))
+    return out
+
+
+def test_returns_to_go_discounts_backwards():
+    np.testing.assert_allclose(returns_to_go([1.0, 2.0, 4.0], 0.5), [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0])
+
+
+def test_action_values_recover_known_means_and_standard_errors():
+    rng = np.random.default_rng(0)
+    values = action_values(bandit(rng, "s", [1.0, 3.0], 2000, noise=1.0), WORDS, gamma=0.9)["s"]
+    assert values["left"].n == values["right"].n == 1000
+    assert values["left"].mean == pytest.approx(1.0, abs=0.1) and values["right"].mean == pytest.approx(3.0, abs=0.1)
+    assert values["right"].se == pytest.approx(1.0 / np.sqrt(1000), rel=0.15)
+
+
+def test_truncated_tail_is_left_out():
+    steps = [Step(f"s|{i}", "s", 0, 1.0) for i in range(30)]
+    values = action_values([Trajectory(0, steps, truncated=True)], WORDS, gamma=0.9)  # horizon 10
+    assert values["s"]["left"].n == 20
+    assert action_values([Trajectory(0, steps, terminated=True)], WORDS, gamma=0.9)["s"]["left"].n == 30
+
+
+def test_items_insert_modify_retain_and_nothing_without_evidence():
+    rng = np.random.default_rng(1)
+    feedback = (bandit(rng, "wrong", [0.0, 2.0], 40) + bandit(rng, "unsure", [0.0, 2.0], 40)
+                + bandit(rng, "right", [2.0, 0.0], 40) + bandit(rng, "tie", [1.0, 1.0], 40))
+    policy = Prefers({"wrong": [0.9, 0.1], "unsure": [0.52, 0.48], "right": [0.9, 0.1], "tie": [0.9, 0.1]})
+    kb = KnowledgeBase(Extraction(gamma=0.9, z=2.0, min_support=5, max_examples=4))
+    changes = kb.update(feedback, policy, iteration=1)
+    assert {i.situation: (i.action, i.kind) for i in kb.items.values()} == {
+        "wrong": ("right", "modify"), "unsure": ("right", "insert"), "right": ("left", "retain")}
+    item = kb.items["wrong"]
+    assert item.value_gap == pytest.approx(2.0, abs=0.4) and item.support == 40 and item.iteration == 1
+    assert len(item.examples) == 4 and all(t.startswith("wrong|") for t in item.examples)
+    assert item.values["right"]["n"] == 20
+    assert [i.situation for i in changes["modify"]] == ["wrong"] and not changes["erase"]
+
+
+def test_contradicting_evidence_erases_and_replaces_an_item():
+    rng = np.random.default_rng(2)
+    kb = KnowledgeBase(Extraction(gamma=0.9))
+    policy = Prefers({"s": [0.9, 0.1]})
+    kb.update(bandit(rng, "s", [0.0, 2.0], 40), policy, iteration=1)
+    assert kb.items["s"].action == "right"
+    changes = kb.update(bandit(rng, "s", [2.0, 0.0], 40), Prefers({"s": [0.1, 0.9]}), iteration=2)
+    assert [i.action for i in changes["erase"]] == ["right"] and kb.items["s"].action == "left"
+    assert kb.items["s"].kind == "modify" and kb.erased[0].iteration == 1
+    assert kb.erase("s").action == "left" and not kb.items
+
+
+def test_min_support_blocks_thin_evidence():
+    rng = np.random.default_rng(3)
+    kb = KnowledgeBase(Extraction(gamma=0.9, min_support=30))
+    kb.update(bandit(rng, "s", [0.0, 5.0], 20), Prefers({"s": [0.9, 0.1]}), iteration=1)
+    assert not kb.items
+
+
+def test_helpers():
+    assert spread(list("abcdefgh"), 4) == ["a", "c", "e", "g"] and spread(["a"], 4) == ["a"]
+    t = Trajectory(0, [Step("x", "s", 0, 0.0), Step("y", "s", 0, 0.0), Step("x", "s", 1, 0.0)])
+    assert texts_by_situation([t]) == {"s": ["x", "y"]}
