@@ -1,0 +1,56 @@
+"""The context strategy on the tiny model: rules and demonstrations in the prefix, cases per step."""
+
+from __future__ import annotations
+
+import torch
+
+from llmrl.baselines import make_baseline
+from llmrl.cards import get_card
+from llmrl.inject.context import ContextInjector, select
+from llmrl.knowledge import KnowledgeItem
+
+SIT_L, SIT_R = "the pole is falling to the left", "the pole is falling to the right"
+
+
+def items():
+    texts = {s: [f"Cart at center, moving {v} m/s right. Situation: {s}." for v in ("0.1", "0.2", "0.3")]
+             for s in (SIT_L, SIT_R)}
+    return [KnowledgeItem(SIT_L, "left", 2.0, 40, examples=texts[SIT_L]),
+            KnowledgeItem(SIT_R, "right", 1.0, 10, examples=texts[SIT_R])]
+
+
+def policy(tiny):
+    card, _ = get_card("CartPole-v1")
+    return make_baseline("zero-shot", card, tiny)
+
+
+def test_rules_and_demonstrations_go_into_the_cached_prefix_and_undo_restores(tiny):
+    p = policy(tiny)
+    before_prefix, before = p.decision_prompt("X"), p.scores(["probe text"]).clone()
+    edit = ContextInjector(demos=1).inject(p, items())
+    prompt = p.decision_prompt("X")
+    assert f"- When {SIT_L}: left." in prompt and f"- When {SIT_R}: right." in prompt
+    assert prompt.index(SIT_L) < prompt.index(SIT_R)  # strongest evidence first
+    assert items()[0].examples[0] in prompt and edit.info["demonstrations"] == 2 and edit.params_touched == 0
+    assert not torch.equal(p.scores(["probe text"]), before)
+    edit.undo()
+    assert p.decision_prompt("X") == before_prefix
+    torch.testing.assert_close(p.scores(["probe text"]), before, atol=0, rtol=0)
+
+
+def test_token_budget_drops_the_weakest_items(tiny):
+    p = policy(tiny)
+    kept, rules, shots, used = select(p, items(), demos=1, budget=60)
+    assert [i.situation for i in kept] == [SIT_L] and used <= 60 and len(shots) == 1
+    assert select(p, items(), demos=0, budget=5)[0] == []
+
+
+def test_retrieved_cases_match_the_situation_and_precede_the_observation(tiny):
+    p = policy(tiny)
+    ContextInjector(demos=0, k=2).inject(p, items())
+    query = f"Cart at center, moving 0.25 m/s right. Situation: {SIT_R}."
+    (decorated,) = p.transform([query])
+    assert decorated.endswith(query) and decorated.count("Situation: ") == 3
+    assert SIT_L not in decorated and decorated.count(p.rendered.suffix + "right") == 2
+    assert p.transform(["no situation here"]) == ["no situation here"]
+    assert p.scores([query]).shape == (1, 2)

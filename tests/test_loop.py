@@ -1,0 +1,54 @@
+"""The editing loop end to end on the tiny model, and `llmrl run`'s output and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmrl.cli import main
+from llmrl.config import LoopConfig, apply_overrides
+
+BASE = dict(env="CartPole-v1", strategy="context", model="tiny", device="cpu", iterations=2,
+            steps_per_iteration=80, n_envs=4, eval_episodes=2, min_support=2, z=0.5)
+
+
+def test_run_writes_rows_items_and_tensorboard(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in BASE.items()) + "\n")
+    code = main(["run", str(cfg), "--set", f"out={tmp_path / 'out'}", "--set", "strategy_options.demos=1",
+                 "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads(out.splitlines()[-1])
+    for key in ("env", "strategy", "model", "seed", "iterations", "env_steps", "final_mean_return", "reliability",
+                "generalization", "locality_kl", "edit_seconds"):
+        assert key in summary
+    assert summary["env_steps"] == 160 and summary["model"] == "tiny" and summary["strategy"] == "context"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "iterations.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2] and [r["env_steps"] for r in rows] == [0, 80, 160]
+    assert rows[0]["items"] == 0 and rows[0]["locality_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[-1]["locality_kl"] == pytest.approx(0.0, abs=1e-6)  # context edits never touch the model
+    assert rows[-1]["locality_prompts"] >= 200
+    items = json.loads((tmp_path / "out" / "items.json").read_text())
+    assert len(items["items"]) == rows[-1]["items"]
+    assert (summary["reliability"] is None) == (rows[-1]["items"] == 0)
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["strategy_options"] == {"demos": 1}
+
+
+def test_overrides_reach_into_mappings():
+    values = apply_overrides({"strategy_options": {"k": 1}}, ["strategy_options.demos=2", "seed=3", "env=Taxi-v4"])
+    assert values == {"strategy_options": {"k": 1, "demos": 2}, "seed": 3, "env": "Taxi-v4"}
+    assert LoopConfig(**values, strategy="weights").seed == 3
+
+
+@pytest.mark.parametrize("override,message", [("strategy=telepathy", "strategy"), ("iterations=0", "iterations"),
+                                              ("nokey", "key=value"), ("strategy_options.bogus=1", "bogus"),
+                                              ("env=Nope-v0", "no card")])
+def test_bad_run_configs(tmp_path, capsys, override, message):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in BASE.items()) + "\n")
+    code = main(["run", str(cfg), "--set", override, "--set", f"out={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
