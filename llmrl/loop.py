@@ -27,7 +27,7 @@ from llmrl.errors import UsageError
 from llmrl.evaluate import evaluate
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, texts_by_situation
-from llmrl.metrics import LocalityProbe, generalization, reliability
+from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
 from llmrl.models import load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.rollout import rollout
@@ -35,12 +35,20 @@ from llmrl.rollout import rollout
 EVAL_SEED = 1_000_000
 
 
-def make_injector(strategy: str, options: dict[str, Any]) -> Injector:
-    """The injector of ``strategy``, built from the config's ``strategy_options``."""
+def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
+    """The injector of ``strategy``, built from the config's ``strategy_options``.
+
+    The adapter's locality regulariser gets the shipped training prompts (never
+    the held-out ones the locality metric uses) and saves under ``out``.
+    """
     if strategy == "context":
         from llmrl.inject.context import ContextInjector as cls
     elif strategy == "adapter":
         from llmrl.inject.adapter import AdapterInjector as cls
+
+        options.setdefault("locality_prompts", locality_prompts("train"))
+        if out is not None:
+            options.setdefault("save_dir", out / "adapter")
     elif strategy == "weights":
         from llmrl.inject.weights import WeightsInjector as cls
     else:
@@ -72,8 +80,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     """Run the loop; writes its outputs to ``cfg.out`` and returns the summary."""
     card, variant = get_card(cfg.env)
     card.make_env(variant).close()
-    injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options))
     out = cfg.out or Path("runs") / f"{card.key}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     torch.manual_seed(cfg.seed)
