@@ -54,6 +54,7 @@ from llmrl.models import LoadedModel, cache_dir
 from llmrl.policy import LLMPolicy
 
 METHODS = ("rome", "memit")
+TRACE = []  # TEMP
 
 #: Default layers as fractions of depth (0 = first block, 1 = last). Early-middle
 #: MLPs are where ROME's causal traces place subject recall; see the module README notes.
@@ -93,12 +94,12 @@ class Layout:
     transposed: bool
 
     @property
-    def hidden(self) -> int:
+    def hidden_size(self) -> int:
         """Width of the residual stream (the projection's output)."""
         return self.projections[0].weight.shape[1 if self.transposed else 0]
 
     @property
-    def keys(self) -> int:
+    def key_size(self) -> int:
         """Width of the keys (the projection's input)."""
         return self.projections[0].weight.shape[0 if self.transposed else 1]
 
@@ -137,6 +138,9 @@ def resolve_layers(spec: Sequence[int | float] | None, depth: int, method: str) 
     layers = sorted(set(chosen))
     if not layers:
         raise UsageError("no layers to edit")
+    if layers[-1] == depth - 1:
+        raise UsageError(f"layer {layers[-1]} is the last block; the value vector needs a block after it "
+                         "to reach the answer")
     if method == "rome" and len(layers) != 1:
         raise UsageError(f"ROME edits exactly one layer, got {layers}")
     return layers
@@ -379,7 +383,7 @@ def _chat(tokenizer: PreTrainedTokenizerBase, request: str) -> str:
     return request + "\n"
 
 
-def sample_corpus(lm: LoadedModel, tokens: int, seed: int, length: int = 256, batch: int = 16) -> list[list[int]]:
+def sample_corpus(lm: LoadedModel, tokens: int, seed: int, length: int = 128, batch: int = 64) -> list[list[int]]:
     """About ``tokens`` new tokens the model samples as answers to :data:`SEED_PROMPTS` (prompts included).
 
     The model's own text stands in for Wikipedia: it needs no download and is
@@ -433,7 +437,7 @@ def second_moments(model: PreTrainedModel, layout: Layout, layers: list[int], co
     are what an edit changes, not what it must keep. Each pass stops after the
     deepest layer needed.
     """
-    sums = {layer: torch.zeros((layout.keys, layout.keys), dtype=torch.float64) for layer in layers}
+    sums = {layer: torch.zeros((layout.key_size, layout.key_size), dtype=torch.float64) for layer in layers}
     got: dict[int, torch.Tensor] = {}
     count, dev = 0, model.device
 
@@ -636,7 +640,8 @@ class WeightsInjector:
     def statistics(self, policy: LLMPolicy, layout: Layout, layers: list[int],
                    items: list[KnowledgeItem]) -> tuple[dict[int, torch.Tensor], dict]:
         """C = E[k kᵀ] per layer: from the cache, else from the cached corpus, else from a new one."""
-        folder = cache_dir() / "stats" / model_key(policy.lm, layout)
+        recipe = f"corpus-{self.stats_tokens}-seed{self.stats_seed}"
+        folder = cache_dir() / "stats" / model_key(policy.lm, layout) / recipe
         paths = {layer: folder / f"layer-{layer:03d}.safetensors" for layer in layers}
         moments = {layer: _read(p)["mom2"] for layer, p in paths.items() if p.exists()}
         missing = [layer for layer in layers if layer not in moments]
@@ -702,7 +707,7 @@ class WeightsInjector:
         """
         n = len(norms)
         limit = (self.clamp * norms).float()
-        delta = torch.zeros((n, layout.hidden), requires_grad=True)
+        delta = torch.zeros((n, layout.hidden_size), requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.lr)
         proj = layout.projections[layer]
 
@@ -722,6 +727,7 @@ class WeightsInjector:
                     now = _next_logp(model, essence, pad)
                 if step == 0:
                     before, init = logp.detach(), now.detach()
+                TRACE.append(-logp.detach().clone())  # TEMP
                 if bool((-logp < self.stop_nll).all()):
                     break
                 kl = _per_item((init.exp() * (init - now)).sum(-1), essence.owner, n)
@@ -735,10 +741,10 @@ class WeightsInjector:
         return delta.detach().double(), before
 
     def _after(self, model: PreTrainedModel, values: _Rows, n: int, pad: int) -> torch.Tensor:
-        """Answer log-prob per item under the edited weights (the prompts re-encoded from scratch)."""
+        """Answer log-prob per item under the edited weights, from the subject on (the context keeps
+        its pre-edit cache, as in MEMIT's refresh: re-encoding it would cost as much as the edit)."""
         with torch.no_grad():
-            fresh = _rows(model, values.prompts, values.owner.tolist(), pad)
-            return _per_item(_answer_logp(model, fresh, pad), fresh.owner, n)
+            return _per_item(_answer_logp(model, values, pad), values.owner, n)
 
     def _report(self, plans: list[_Plan], before: torch.Tensor, after: torch.Tensor,
                 delta: torch.Tensor) -> list[dict]:
