@@ -87,9 +87,12 @@ class LoopConfig(Strict):
     epsilon: float = Field(0.1, ge=0.0, le=1.0)
     gamma: float = Field(0.95, gt=0.0, le=1.0)
     z: float = Field(2.0, ge=0.0)
-    min_support: int = Field(5, ge=1)
+    min_support: int = Field(20, ge=1)
     max_examples: int = Field(16, ge=1)
     preference_margin: float = Field(0.1, ge=0.0, le=1.0)
+    #: Estimate action values from all feedback so far (True) or only the latest iteration's.
+    pool: bool = True
+    erase_z: float = Field(3.0, ge=0.0)
     eval_episodes: int = Field(20, ge=1)
     eval_max_steps: int | None = Field(None, ge=1)
     locality: bool = True

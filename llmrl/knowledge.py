@@ -132,6 +132,10 @@ class Extraction:
     min_gap: float = 0.0
     max_examples: int = 16
     preference_margin: float = 0.1
+    #: Estimate from all feedback so far, not only the latest batch: thin batches flip signs.
+    pool: bool = True
+    #: Standard errors by which new evidence must beat a held item to erase it.
+    erase_z: float = 3.0
 
 
 class KnowledgeBase:
@@ -141,29 +145,31 @@ class KnowledgeBase:
         self.settings = settings or Extraction()
         self.items: dict[str, KnowledgeItem] = {}
         self.erased: list[KnowledgeItem] = []
+        self.feedback: list[Trajectory] = []
 
-    def best(self, values: dict[str, ActionValue]) -> tuple[str, float, float] | None:
-        """(action, gap, gap standard error) when one action is significantly best, else None."""
+    def best(self, values: dict[str, ActionValue], z: float) -> tuple[str, float, float] | None:
+        """(action, gap, gap standard error) when one action is best by ``z`` standard errors, else None."""
         s = self.settings
         ranked = sorted(((v.mean, w) for w, v in values.items() if v.n >= s.min_support), reverse=True)
         if len(ranked) < 2:
             return None
         (m1, w1), (m2, w2) = ranked[0], ranked[1]
         gap, se = m1 - m2, math.hypot(values[w1].se, values[w2].se)
-        return (w1, gap, se) if gap > s.min_gap and gap > s.z * se else None
+        return (w1, gap, se) if gap > s.min_gap and gap > z * se else None
 
     def update(self, trajectories: list[Trajectory], policy: Policy, iteration: int, source: str = "rollout"
                ) -> dict[str, list[KnowledgeItem]]:
         """Fold one batch of feedback in; returns the items inserted, modified and erased."""
         s = self.settings
-        values = action_values(trajectories, policy.action_words, s.gamma)
+        self.feedback = self.feedback + trajectories if s.pool else list(trajectories)
+        values = action_values(self.feedback, policy.action_words, s.gamma)
         texts = texts_by_situation(trajectories)
         prefs = preferences(policy, {k: spread(v, s.max_examples) for k, v in texts.items()}, s.preference_margin)
         changes: dict[str, list[KnowledgeItem]] = {"insert": [], "modify": [], "retain": [], "erase": []}
         for situation, by_action in sorted(values.items()):
-            found = self.best(by_action)
             held = self.items.get(situation)
-            if found is None:
+            found = self.best(by_action, s.z if held is None else s.erase_z)
+            if found is None or situation not in texts:
                 continue
             action, gap, _ = found
             if held is not None:

@@ -78,10 +78,20 @@ def test_contradicting_evidence_erases_and_replaces_an_item():
     policy = Prefers({"s": [0.9, 0.1]})
     kb.update(bandit(rng, "s", [0.0, 2.0], 40), policy, iteration=1)
     assert kb.items["s"].action == "right"
+    # pooled with the first batch, a batch as large that disagrees only cancels it out: no erase
+    assert not kb.update(bandit(rng, "s", [2.0, 0.0], 40), Prefers({"s": [0.1, 0.9]}), iteration=2)["erase"]
+    changes = kb.update(bandit(rng, "s", [4.0, 0.0], 200), Prefers({"s": [0.1, 0.9]}), iteration=3)
+    assert [i.action for i in changes["erase"]] == ["right"] and kb.items["s"].action == "left"
+    assert kb.items["s"].kind == "modify" and kb.erased[0].iteration == 1 and kb.items["s"].iteration == 3
+    assert kb.erase("s").action == "left" and not kb.items
+
+
+def test_latest_batch_only_without_pooling():
+    rng = np.random.default_rng(4)
+    kb = KnowledgeBase(Extraction(gamma=0.9, pool=False, erase_z=2.0))
+    kb.update(bandit(rng, "s", [0.0, 2.0], 40), Prefers({"s": [0.9, 0.1]}), iteration=1)
     changes = kb.update(bandit(rng, "s", [2.0, 0.0], 40), Prefers({"s": [0.1, 0.9]}), iteration=2)
     assert [i.action for i in changes["erase"]] == ["right"] and kb.items["s"].action == "left"
-    assert kb.items["s"].kind == "modify" and kb.erased[0].iteration == 1
-    assert kb.erase("s").action == "left" and not kb.items
 
 
 def test_min_support_blocks_thin_evidence():
