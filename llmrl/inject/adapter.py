@@ -1,58 +1,76 @@
 """Adapter strategy (association phase): knowledge as a LoRA adapter trained on the items' observations.
 
 Like LoRA-based editors (T-Patcher, MELO), the base weights stay as they are:
-peft wraps the chosen Linear layers of ``policy.lm.model`` in place, so the
-very model object the policy calls gains a low-rank branch, and the branch can
-be switched off, merged into the weights, saved and removed.
+peft wraps the MLP layers of ``policy.lm.model`` in place, so the very model
+object the policy calls gains a low-rank branch that can be switched off,
+merged into the weights, saved and removed.
 
-Training objective, per step:
+The adapter is trained on ``policy.decision_prompt(text)`` for every example
+text of every item, items taken in turn so each counts the same whatever its
+number of examples. The loss has three terms:
 
-- cross-entropy on the action tokens of ``policy.answer_text(item.action)``
-  after ``policy.decision_prompt(text)`` for the items' example texts, every
-  item weighted equally whatever its number of examples;
-- plus ``locality_weight`` times the next-token KL(frozen || adapted) on
-  unrelated prompts, at every position, the frozen reference taken with the
-  adapter switched off.
+- on the action tokens, one of two objectives. ``choice`` (default) is the
+  cross-entropy over the action words, each scored exactly as the policy
+  scores it, so only the *relative* preference among the actions is trained.
+  ``lm`` is the plain cross-entropy of the item's action tokens, which must
+  also lift the action word's absolute probability: on SmolLM2-135M that
+  starts near 0.003, and lifting it teaches "answer with an action word" to
+  every chat prompt (next-token KL on other environments' decision prompts:
+  9 nats, against 0.04 for ``choice``);
+- ``answer_weight`` times the KL(frozen || adapted) of the next-token
+  distribution where the answer starts, on the training prompts themselves,
+  with the action words' first tokens merged into one outcome: the choice
+  among the actions is free to move, the rest of the distribution (how likely
+  an action word is at all, what else the model would say) is held;
+- ``locality_weight`` times the next-token KL(frozen || adapted) at every
+  position of unrelated prompts, taken as plain text and, with a chat
+  template, as a user turn awaiting the answer, where the policy reads. The
+  frozen reference is the same model with the adapter switched off.
 
-Speed: all decision prompts share the policy's prefix (chat template and
-instructions, most of the tokens), so each step runs it once, with gradients,
-and repeats its KV cache over the batch; only the answer positions get logits.
-Training stops early once every row of a step's batch gives its action tokens
-a cross-entropy below ``stop_loss``.
+Speed: every decision prompt starts with the policy's prefix (chat template
+and instructions), so each step runs it once, with gradients, and repeats its
+KV cache over the batch; only the answer positions get logits. Training stops
+once every row of a step's batch has an action loss below ``stop_loss``.
 
 Life cycle: ``inject`` returns an :class:`~llmrl.inject.Edit` whose
 ``info["adapter"]`` is an :class:`AdapterHandle` (switch on/off, merge).
 ``undo`` removes the adapter and leaves the model bit-exactly as it was, even
 after a merge: ``merge`` keeps a copy of every weight it changes and removal
 writes that copy back, rather than subtracting the low-rank product (which
-would round). One adapter per model: ``inject`` refuses a model that already
+rounds). One adapter per model: ``inject`` refuses a model that already
 carries peft layers, so the caller undoes the previous edit first (the loop
-does).
+does) and every inject trains a fresh adapter on all items in force.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import DynamicCache
 from transformers.pytorch_utils import Conv1D
 
 from llmrl.inject import Edit
 from llmrl.knowledge import KnowledgeItem
 from llmrl.policy import LLMPolicy
 
-#: Linear layers to adapt, per module layout: Llama-style (Llama, Qwen, Mistral, SmolLM) and GPT-2.
+#: Layers to adapt, per module layout: the MLPs, where ROME and MEMIT locate associations. On
+#: SmolLM2-135M, MLP-only adapters changed unrelated prompts 3 to 7 times less than adapters on
+#: every linear layer, for the same reliability. GPT-2's attention output is also named c_proj.
 LAYOUTS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "llama": ("gate_proj", "up_proj", "down_proj"),  # Llama, Qwen, Mistral, SmolLM
+    "gpt2": ("c_fc", "mlp.c_proj"),
 }
+
+OBJECTIVES = ("choice", "lm")
 
 #: Used when no locality prompts are given: general text, far from any environment.
 DEFAULT_LOCALITY_PROMPTS: tuple[str, ...] = (
@@ -90,22 +108,45 @@ DEFAULT_LOCALITY_PROMPTS: tuple[str, ...] = (
 
 
 def default_target_modules(model: torch.nn.Module) -> list[str]:
-    """The first layout in :data:`LAYOUTS` whose layer names the model has (all its linear layers)."""
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for names in LAYOUTS.values():
-        present = [n for n in names if n in leaves]
+    """The MLP layers of the first layout in :data:`LAYOUTS` that the model has."""
+    names = [name for name, _ in model.named_modules()]
+    for layout in LAYOUTS.values():
+        present = [t for t in layout if any(n == t or n.endswith("." + t) for n in names)]
         if present:
             return present
     raise ValueError(f"no known layer names in {type(model).__name__}; pass target_modules")
 
 
-def encode(policy: LLMPolicy, items: list[KnowledgeItem]) -> tuple[list[int], list[list[tuple[list[int], list[int]]]]]:
-    """Token ids: the prefix every decision prompt shares, and per item its (rest of prompt, answer) rows.
+# -- training data -----------------------------------------------------------------------------
 
-    The answer is tokenised on its own, as the policy scores it; the shared
+
+@dataclass
+class Encoded:
+    """The items as token ids: what every decision prompt shares, and what differs."""
+
+    #: Tokens at the start of every decision prompt, run once per step.
+    prefix: list[int]
+    #: Per item, the rest of each example's decision prompt.
+    suffixes: list[list[list[int]]]
+    #: Tokens of every action word's answer, in the policy's action order.
+    actions: list[list[int]]
+    #: Per item, the index of its action.
+    targets: list[int]
+    #: What the policy divides each action's summed log-probability by.
+    norms: torch.Tensor
+
+
+def encode(policy: LLMPolicy, items: list[KnowledgeItem]) -> Encoded:
+    """Tokenise the items' decision prompts and the policy's action answers.
+
+    Answers are tokenised on their own, as the policy scores them. The shared
     prefix is measured on the token ids rather than assumed, and stops one
     token short of the shortest prompt so every row has a position to predict from.
     """
+    words = policy.action_words
+    unknown = sorted({i.action for i in items} - set(words))
+    if unknown:
+        raise ValueError(f"item actions {unknown} are not among the policy's action words {words}")
     tok = policy.lm.tokenizer
     prompts = [[tok(policy.decision_prompt(t), add_special_tokens=False).input_ids for t in item.examples]
                for item in items]
@@ -113,78 +154,118 @@ def encode(policy: LLMPolicy, items: list[KnowledgeItem]) -> tuple[list[int], li
     shared = min(len(p) for p in flat) - 1
     for p in flat[1:]:
         shared = next((i for i, (a, b) in enumerate(zip(flat[0][:shared], p)) if a != b), shared)
-    answers = [tok(policy.answer_text(item.action), add_special_tokens=False).input_ids for item in items]
-    return flat[0][:shared], [[(p[shared:], a) for p in rows] for rows, a in zip(prompts, answers)]
+    actions = [tok(policy.answer_text(w), add_special_tokens=False).input_ids for w in words]
+    norms = {"word": [len(w.split()) for w in words], "token": [len(a) for a in actions],
+             "sum": [1] * len(words)}[policy.normalization]
+    return Encoded(flat[0][:shared], [[p[shared:] for p in rows] for rows in prompts], actions,
+                   [words.index(i.action) for i in items], torch.tensor(norms, dtype=torch.float32))
 
 
-def balanced_batches(rows: list[list[tuple[list[int], list[int]]]], batch_size: int,
-                     gen: torch.Generator) -> Iterator[list[tuple[list[int], list[int]]]]:
-    """Endless batches that take items in turn, so each item counts the same whatever its number of examples.
+def balanced_batches(counts: list[int], batch_size: int, gen: torch.Generator) -> Iterator[list[tuple[int, int]]]:
+    """Endless batches of (item, example) that take the items in turn, so each counts the same.
 
     Within an item, examples come in shuffled passes, so all are seen equally often.
     """
-    queues: list[list[int]] = [[] for _ in rows]
+    queues: list[list[int]] = [[] for _ in counts]
     turn = 0
     while True:
         batch = []
         for _ in range(batch_size):
-            item = turn % len(rows)
+            item = turn % len(counts)
             turn += 1
             if not queues[item]:
-                queues[item] = torch.randperm(len(rows[item]), generator=gen).tolist()
-            batch.append(rows[item][queues[item].pop()])
+                queues[item] = torch.randperm(counts[item], generator=gen).tolist()
+            batch.append((item, queues[item].pop()))
         yield batch
 
 
-def answer_losses(model: torch.nn.Module, prefix: list[int], rows: list[tuple[list[int], list[int]]],
-                  pad: int) -> torch.Tensor:
-    """Cross-entropy of each row's answer tokens (mean over them), all rows run on one shared prefix.
+# -- differentiable scoring --------------------------------------------------------------------
 
-    The prefix runs once and its KV cache is repeated over the rows; rows are
-    left-padded so every answer ends in the last column, and only the last
-    ``answer + 1`` positions get logits.
+
+def answer_position(model: torch.nn.Module, prefix: list[int], suffixes: list[list[int]], pad: int
+                    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities where the answer starts, [rows, vocab], and the state to continue from.
+
+    As the policy runs it: the prefix once, its KV cache repeated over the rows,
+    suffixes left-padded so every row ends in the same column, logits for that
+    column only. Returns the log-probabilities, the cache, the attention mask
+    and each row's last position.
     """
     dev = next(model.parameters()).device
-    n, p = len(rows), len(prefix)
-    cache = None
+    n, p = len(suffixes), len(prefix)
+    cache = DynamicCache()
     if p:
         cache = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(n)
-    width = max(len(s) + len(a) for s, a in rows)
-    k = max(len(a) for _, a in rows)
+    width = max(map(len, suffixes))
     ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, p + width), dtype=torch.long)
     mask[:, :p] = 1
     pos = torch.full((n, width), p, dtype=torch.long)
-    targets = torch.full((n, k), -100, dtype=torch.long)
-    for i, (suffix, answer) in enumerate(rows):
-        seq = suffix + answer
-        ids[i, width - len(seq):] = torch.tensor(seq)
-        mask[i, p + width - len(seq):] = 1
-        pos[i, width - len(seq):] = torch.arange(p, p + len(seq))
-        targets[i, k - len(answer):] = torch.tensor(answer)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
-                   use_cache=cache is not None, logits_to_keep=k + 1).logits[:, :-1].float()
-    targets = targets.to(dev)
-    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-    return ce.sum(1) / (targets != -100).sum(1)
+    for i, s in enumerate(suffixes):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, p + width - len(s):] = 1
+        pos[i, width - len(s):] = torch.arange(p, p + len(s))
+    last = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
+                 use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    return torch.log_softmax(last, -1), cache, mask, pos[:, -1]
 
 
-def locality_kl(peft_model: PeftModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token KL(frozen || adapted) over every real position of right-padded prompts."""
-    with torch.no_grad(), peft_model.disable_adapter():
-        ref = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    cur = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    kl = (ref.exp() * (ref - cur)).sum(-1)
-    return (kl * mask).sum() / mask.sum()
+def action_logprobs(model: torch.nn.Module, prefix: list[int], suffixes: list[list[int]], actions: list[list[int]],
+                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of every action's tokens, [rows, actions], and the answer position's log-probabilities.
+
+    The policy's scoring, with gradients: an action of several tokens
+    continues from the cache of :func:`answer_position`, one copy of each row per such action.
+    """
+    first, cache, mask, last = answer_position(model, prefix, suffixes, pad)
+    dev, n = first.device, len(suffixes)
+    columns = [first[:, a[0]] for a in actions]
+    multi = [j for j, a in enumerate(actions) if len(a) > 1]
+    if multi:
+        m, k = len(multi), max(len(actions[j]) for j in multi) - 1
+        cont = torch.full((n * m, k), pad, dtype=torch.long)
+        live = torch.zeros((n * m, k), dtype=torch.long)
+        for r, j in enumerate(multi):
+            cont[r::m, :len(actions[j]) - 1] = torch.tensor(actions[j][:-1])
+            live[r::m, :len(actions[j]) - 1] = 1
+        cache.batch_repeat_interleave(m)
+        mask = torch.cat([mask.repeat_interleave(m, dim=0), live], dim=1)
+        pos = last.repeat_interleave(m).unsqueeze(1) + live.cumsum(1)
+        logits = model(input_ids=cont.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
+                       use_cache=True, logits_to_keep=k).logits.float()
+        logp = torch.log_softmax(logits, -1)
+        for r, j in enumerate(multi):
+            rest = torch.tensor(actions[j][1:], device=dev)
+            columns[j] = columns[j] + logp[r::m, :len(rest)].gather(2, rest.expand(n, -1).unsqueeze(2)).sum((1, 2))
+    return torch.stack(columns, dim=1), first
+
+
+def lump_actions(logp: torch.Tensor, actions: list[list[int]]) -> torch.Tensor:
+    """Log-probabilities with the actions' first tokens merged into one outcome, "some action"."""
+    keep = torch.ones(logp.shape[-1], dtype=torch.bool, device=logp.device)
+    keep[[a[0] for a in actions]] = False
+    return torch.cat([logp[:, keep], torch.logsumexp(logp[:, ~keep], -1, keepdim=True)], dim=-1)
+
+
+def kl_rows(ref: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """KL(ref || cur) along the last dimension, from log-probabilities."""
+    return (ref.exp() * (ref - cur)).sum(-1)
+
+
+def row_losses(logprobs: torch.Tensor, targets: torch.Tensor, enc: Encoded, objective: str) -> torch.Tensor:
+    """Per-row loss: CE over the policy's normalised action scores (choice) or of the target's tokens (lm)."""
+    if objective == "choice":
+        return F.cross_entropy(logprobs / enc.norms.to(logprobs.device), targets, reduction="none")
+    lengths = torch.tensor([len(a) for a in enc.actions], device=logprobs.device)
+    return -logprobs.gather(1, targets.unsqueeze(1)).squeeze(1) / lengths[targets]
 
 
 def locality_texts(prompts: list[str], tokenizer) -> list[str]:
     """The prompts as plain text and, with a chat template, also as a user turn awaiting the answer.
 
-    The policy reads chat turns, and an adapter trained to answer "left" at
-    the start of an assistant turn would answer it to every chat prompt;
-    anchoring the assistant's first token on general requests keeps it local.
+    The policy reads chat turns and answers right after them, so that is where
+    an adapter would most easily change every task at once.
     """
     if not tokenizer.chat_template:
         return list(prompts)
@@ -192,11 +273,23 @@ def locality_texts(prompts: list[str], tokenizer) -> list[str]:
                                                           add_generation_prompt=True) for p in prompts]
 
 
-def pad_right(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def locality_kl(peft_model: PeftModel, seqs: list[list[int]], pad: int) -> torch.Tensor:
+    """Mean next-token KL(frozen || adapted) over every real position of the token sequences."""
+    dev = next(peft_model.parameters()).device
     width = max(map(len, seqs))
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    return ids, mask
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+    with torch.no_grad(), peft_model.disable_adapter():
+        ref = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    cur = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    return (kl_rows(ref, cur) * mask).sum() / mask.sum()
+
+
+def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+# -- the live adapter --------------------------------------------------------------------------
 
 
 class AdapterHandle:
@@ -217,27 +310,25 @@ class AdapterHandle:
     def merged(self) -> bool:
         return bool(self._backup)
 
-    def _layers(self) -> list[LoraLayer]:
-        return [m for m in self.peft_model.modules() if isinstance(m, LoraLayer)]
-
     def set_enabled(self, flag: bool) -> None:
-        """Switch the adapter's effect on or off (a merged adapter is unmerged exactly first)."""
+        """Switch the adapter's effect on or off (a merged adapter is first unmerged exactly)."""
         if not flag:
             self._unmerge()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft warns about bias="none", which we use
-            (self.peft_model.base_model.enable_adapter_layers if flag else
-             self.peft_model.base_model.disable_adapter_layers)()
+        if flag:
+            self.peft_model.base_model.enable_adapter_layers()
+        else:
+            self.peft_model.base_model.disable_adapter_layers()
         self.enabled = flag
         self.policy.invalidate()
 
     def merge(self) -> None:
-        """Fold the adapter into the weights it wraps (switching it on); the original weights are kept for undo."""
+        """Fold the adapter into the weights it wraps (switching it on); the originals are kept for undo."""
         if self.merged:
             return
         if not self.enabled:
             self.set_enabled(True)
-        self._backup = {layer: layer.get_base_layer().weight.detach().clone() for layer in self._layers()}
+        layers = [m for m in self.peft_model.modules() if isinstance(m, LoraLayer)]
+        self._backup = {layer: layer.get_base_layer().weight.detach().clone() for layer in layers}
         self.peft_model.merge_adapter()
         self.policy.invalidate()
 
@@ -259,35 +350,47 @@ class AdapterHandle:
         self.policy.invalidate()
 
 
-def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in model.named_parameters() if "lora_" in n]
+# -- the injector ------------------------------------------------------------------------------
 
 
 class AdapterInjector:
-    """Train a fresh LoRA adapter on the items, inside the policy's own model."""
+    """Train a fresh LoRA adapter on the items, inside the policy's own model.
+
+    ``rank``, ``alpha``, ``dropout``: the LoRA update ``alpha / rank * B A``.
+    ``target_modules``: layer names peft matches by suffix (default: the MLPs
+    of :data:`LAYOUTS`); ``layers``: only these decoder layers (default: all).
+    ``steps`` is the most AdamW steps at ``lr``, each on ``batch_size`` example
+    texts (at least one per item); ``stop_loss`` ends training earlier. The
+    defaults edit two CartPole items in 8 steps. ``locality_prompts`` default to
+    :data:`DEFAULT_LOCALITY_PROMPTS`, ``locality_batch`` of them per step.
+    ``save_dir``: where peft writes the adapter (safetensors) after training.
+    """
 
     name = "adapter"
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 target_modules: list[str] | None = None, layers: list[int] | None = None, steps: int = 40,
-                 lr: float = 2e-3, batch_size: int = 8, stop_loss: float = 0.05, locality_weight: float = 1.0,
-                 locality_prompts: list[str] | None = None, locality_batch: int = 8, seed: int = 0,
-                 save_dir: Path | str | None = None):
+                 target_modules: list[str] | None = None, layers: list[int] | None = None,
+                 objective: Literal["choice", "lm"] = "choice", steps: int = 40, lr: float = 2e-3,
+                 batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
+                 locality_weight: float = 1.0, locality_prompts: list[str] | None = None, locality_batch: int = 4,
+                 seed: int = 0, save_dir: Path | str | None = None):
         if rank < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
             raise ValueError("rank, steps, batch_size and locality_batch must be >= 1 and lr > 0")
-        if not 0 <= dropout < 1 or locality_weight < 0 or stop_loss < 0:
-            raise ValueError("0 <= dropout < 1, locality_weight >= 0 and stop_loss >= 0 are required")
+        if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss) < 0:
+            raise ValueError("0 <= dropout < 1 and answer_weight, locality_weight, stop_loss >= 0 are required")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"bad objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
-        self.target_modules, self.layers = target_modules, layers
+        self.target_modules, self.layers, self.objective = target_modules, layers, objective
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
-        self.locality_weight, self.locality_batch = locality_weight, locality_batch
+        self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
         self.locality_prompts = list(locality_prompts or DEFAULT_LOCALITY_PROMPTS)
         self.seed = seed
         self.save_dir = Path(save_dir) if save_dir is not None else None
 
     def _config(self, model: torch.nn.Module) -> LoraConfig:
         targets = self.target_modules or default_target_modules(model)
-        conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
+        conv1d = any(isinstance(m, Conv1D) for n, m in model.named_modules() if any(n.endswith(t) for t in targets))
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
                           layers_to_transform=self.layers, fan_in_fan_out=conv1d, bias="none")
 
@@ -297,65 +400,90 @@ class AdapterInjector:
         model = policy.lm.model
         if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
+        if policy.prompt.reasoning:
+            raise ValueError("the adapter trains the answer that follows the prompt; a chain-of-thought "
+                             "policy answers after a rationale it generates")
         items = [i for i in items if i.examples]
         if not items:
             raise ValueError("no knowledge item has example texts to train on")
+        enc = encode(policy, items)
+        reference = self._reference(model, enc, _pad(policy)) if self.answer_weight > 0 else []
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         training = model.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations peft still calls
+                warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that peft still calls
                 peft_model = get_peft_model(model, self._config(model))
             handle = AdapterHandle(policy, peft_model, requires_grad, training)
             try:
-                ce, kl, steps = self._train(policy, peft_model, items)
-            except BaseException:
+                final = self._train(policy, peft_model, enc, reference)
+                if self.save_dir is not None:
+                    peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
+            except BaseException:  # no edit to undo would be returned: take the adapter out here
                 handle.remove()
                 raise
         model.train(training)
         policy.invalidate()
-        info = {"rank": self.rank, "steps": steps, "final_ce": ce, "final_locality_kl": kl,
+        info = {"rank": self.rank, "objective": self.objective, **final,
                 "target_modules": sorted(peft_model.peft_config["default"].target_modules), "adapter": handle}
         if self.save_dir is not None:
-            peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
             info["path"] = str(self.save_dir / "adapter_model.safetensors")
         params = sum(p.numel() for p in lora_parameters(model))
         return Edit("adapter", list(items), time.perf_counter() - t0, params, handle.remove, info=info)
 
-    def _train(self, policy: LLMPolicy, peft_model: PeftModel, items: list[KnowledgeItem]) -> tuple[float, float, int]:
-        """AdamW on the LoRA weights; returns the last step's answer CE, locality KL and the steps taken.
+    @staticmethod
+    @torch.no_grad()
+    def _reference(model: torch.nn.Module, enc: Encoded, pad: int, chunk: int = 16) -> list[torch.Tensor]:
+        """Per item, the untouched model's lumped answer-position log-probabilities of each example."""
+        out = []
+        for suffixes in enc.suffixes:
+            parts = [answer_position(model, enc.prefix, suffixes[i:i + chunk], pad)[0]
+                     for i in range(0, len(suffixes), chunk)]
+            out.append(lump_actions(torch.cat(parts), enc.actions))
+        return out
 
-        The base model runs in eval mode (its own dropout off), the LoRA dropout in
-        train mode; the caller puts the model back in its own mode afterwards.
+    def _train(self, policy: LLMPolicy, peft_model: PeftModel, enc: Encoded, reference: list[torch.Tensor]
+               ) -> dict[str, float | int]:
+        """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
+
+        The base model runs in eval mode (its own dropout off), the LoRA dropout
+        in train mode; the caller puts the model back in its own mode afterwards.
         """
-        model = policy.lm.model
-        pad = policy.lm.tokenizer.pad_token_id
-        dev = next(model.parameters()).device
-        prefix, rows = encode(policy, items)
-        batches = balanced_batches(rows, max(self.batch_size, len(rows)), torch.Generator().manual_seed(self.seed))
-        tok = policy.lm.tokenizer
+        model, tok, pad = policy.lm.model, policy.lm.tokenizer, _pad(policy)
+        batches = balanced_batches([len(s) for s in enc.suffixes], max(self.batch_size, len(enc.suffixes)),
+                                   torch.Generator().manual_seed(self.seed))
         local = [tok(t, add_special_tokens=False).input_ids for t in locality_texts(self.locality_prompts, tok)]
         local_gen = torch.Generator().manual_seed(self.seed + 1)
-        params = lora_parameters(model)
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(lora_parameters(model), lr=self.lr, weight_decay=0.0)
         model.eval()
         for layer in peft_model.modules():
             if isinstance(layer, LoraLayer):
                 layer.lora_dropout.train()
-        ce = kl = torch.zeros(())
+        loss = answer_kl = kl = torch.zeros(())
         step = 0
         for step in range(1, self.steps + 1):
-            losses = answer_losses(model, prefix, next(batches), pad)
-            ce = losses.mean()
-            loss = ce
+            batch = next(batches)
+            scores, first = action_logprobs(model, enc.prefix, [enc.suffixes[i][e] for i, e in batch], enc.actions,
+                                            pad)
+            targets = torch.tensor([enc.targets[i] for i, _ in batch], device=scores.device)
+            losses = row_losses(scores, targets, enc, self.objective)
+            loss = losses.mean()
+            if self.answer_weight > 0:
+                ref = torch.stack([reference[i][e] for i, e in batch]).to(first.device)
+                answer_kl = kl_rows(ref, lump_actions(first, enc.actions)).mean()
             if self.locality_weight > 0:
                 pick = torch.randperm(len(local), generator=local_gen)[: self.locality_batch].tolist()
-                kl = locality_kl(peft_model, *pad_right([local[i] for i in pick], pad, dev))
-                loss = loss + self.locality_weight * kl
+                kl = locality_kl(peft_model, [local[i] for i in pick], pad)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + self.answer_weight * answer_kl + self.locality_weight * kl).backward()
             opt.step()
             if float(losses.detach().max()) < self.stop_loss:
                 break
-        return float(ce), float(kl), step
+        return {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
+                "final_locality_kl": float(kl.detach())}
+
+
+def _pad(policy: LLMPolicy) -> int:
+    tok = policy.lm.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
