@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import random
 import statistics
 import sys
@@ -172,9 +173,11 @@ def measure(policy: LLMPolicy, injector: WeightsInjector, items: list[KnowledgeI
     base_env = next_token_logp(lm, env_prompts)
     before = {"reliability": share_right(policy, examples, action), "generalization": share_right(policy, fresh, action)}
     snapshot = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    cpu, load = time.process_time(), os.getloadavg()[0]
     edit = injector.inject(policy, items)
     result = {
         "seconds": edit.seconds, "stats_seconds": edit.info["stats_seconds"], "edit_seconds": edit.info["edit_seconds"],
+        "cpu_seconds": time.process_time() - cpu, "load_average": load,
         "stats_cached": edit.info["stats_cached"], "params_touched": edit.params_touched, "layers": edit.info["layers"],
         "before": before,
         "reliability": share_right(policy, examples, action),

@@ -1,38 +1,46 @@
-"""The weights strategy (ROME / MEMIT) on tiny random models of both layouts, plus a real-model check.
+"""The weights strategy (ROME / MEMIT) on tiny models of both layouts, plus a real-model check.
 
-A random model at the usual 0.02 initialisation attends almost uniformly, so
-a shift of the residual at the subject barely reaches the answer position 7
-tokens later and no edit can move the answer. The tiny models here have
-their attention sharpened (query/key and value/output weights scaled), which
-gives the edit the path a trained model has; the hyper-parameters drop the
-norm limits that are tuned for the real model.
+A random model hardly reads anything from a position's residual after the
+first block, so no edit there can move its answer. The tiny models here are
+first trained for a few seconds on a three-word task (the colour of a traffic
+light -> stop / go / wait), with block 0's attention output zeroed and frozen:
+the answer can then read the colour only from the subject's residual after
+block 0, which is where the edit writes, as trained models read a subject's
+middle-layer residual (ROME's causal traces). The hyper-parameters drop the
+norm limits and the preservation weight tuned for the real model.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          PreTrainedModel)
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
 import llmrl.inject.weights as weights
 from llmrl.baselines import make_baseline
-from llmrl.cards import Card, get_card
+from llmrl.cards import get_card
 from llmrl.errors import UsageError
 from llmrl.inject.weights import WeightsInjector, find_layout, resolve_layers, subject_position
 from llmrl.knowledge import KnowledgeItem
 from llmrl.models import LoadedModel
 from llmrl.policy import LLMPolicy
+from llmrl.prompts import Prompt
+from tests.helpers import start_texts
 
-LEFT, RIGHT = "the pole is falling to the left", "the pole is falling to the right"
-DRIFT_LEFT, DRIFT_RIGHT = "the pole is balanced and the cart drifts left", "the pole is balanced and the cart drifts right"
-#: Hyper-parameters for the sharpened tiny models: a small corpus, no norm limits.
-TINY = dict(stats_tokens=256, clamp=10.0, weight_decay=0.0, mom2_weight=10.0)
+INSTRUCTIONS = "You drive a car through a crossing."
+WORDS = ["stop", "go", "wait"]
+RED, GREEN, YELLOW = "the light is red", "the light is green", "the light is yellow"
+TRAINED = {RED: "stop", GREEN: "go", YELLOW: "wait"}
+CHANGED = {RED: "go", GREEN: "wait", YELLOW: "stop"}
+#: Hyper-parameters for the tiny models: a small corpus, no norm limits, weak preservation.
+TINY = dict(stats_tokens=256, clamp=10.0, weight_decay=0.0, mom2_weight=10.0, steps=20)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models run fastest on one thread, and far faster on a shared, loaded CPU."""
     threads = torch.get_num_threads()
@@ -43,80 +51,75 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def stats_cache(tmp_path, monkeypatch, tiny):
-    """Statistics go to a fresh cache per test (the tiny tokenizer is loaded before the switch)."""
+    """Statistics go to a fresh cache per test (the tiny model's files are loaded before the switch)."""
     monkeypatch.setenv("LLMRL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
-def sharpen(model: PreTrainedModel) -> PreTrainedModel:
-    """Scale attention so that a position can be attended to (see the module docstring)."""
+def signal_texts(situation: str, n: int = 8) -> list[str]:
+    return [f"Crossing {d} m ahead at {5 * (d % 4) + 10} km/h. Situation: {situation}." for d in range(2, 2 + n)]
+
+
+def signal_policy(lm: LoadedModel) -> LLMPolicy:
+    return LLMPolicy(lm, Prompt(INSTRUCTIONS, list(WORDS)))
+
+
+def new_model(tiny: LoadedModel, kind: str, seed: int = 0) -> LoadedModel:
+    """A fresh random tiny Llama (the default's architecture) or GPT-2 with the tiny model's tokenizer."""
+    torch.manual_seed(seed)
+    if kind == "llama":
+        model = AutoModelForCausalLM.from_config(tiny.model.config, dtype=torch.float32)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tiny.tokenizer)))
+    return LoadedModel(model.eval(), tiny.tokenizer, f"tiny-{kind}-{seed}", torch.device("cpu"), torch.float32)
+
+
+def train(lm: LoadedModel, steps: int = 80) -> LoadedModel:
+    """Teach :data:`TRAINED` with block 0's attention output zeroed (see the module docstring)."""
+    model, tok = lm.model, lm.tokenizer
+    blind = [p for n, p in model.named_parameters()
+             if n.startswith(("model.layers.0.self_attn.o_proj", "transformer.h.0.attn.c_proj"))]
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(k in name for k in ("q_proj", "k_proj")):
-                param.mul_(10)
-            elif any(k in name for k in ("v_proj", "o_proj")):
-                param.mul_(4)
-            elif "c_attn.weight" in name:  # GPT-2: query, key and value side by side
-                width = param.shape[1] // 3
-                param[:, :2 * width].mul_(10)
-                param[:, 2 * width:].mul_(4)
-            elif "attn.c_proj.weight" in name:
-                param.mul_(4)
-    return model.eval()
+        for p in blind:
+            p.zero_()
+    policy = signal_policy(lm)
+    rows = [(tok(policy.decision_prompt(t), add_special_tokens=False).input_ids,
+             tok(policy.answer_text(a), add_special_tokens=False).input_ids[0])
+            for s, a in TRAINED.items() for t in signal_texts(s)]
+    width = max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, (r, _) in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    last = torch.tensor([len(r) - 1 for r, _ in rows])
+    targets = torch.tensor([a for _, a in rows])
+    params = [p for p in model.parameters() if all(p is not b for b in blind)]
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[torch.arange(len(rows)), last])
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return lm
 
 
-def llama(tiny: LoadedModel, seed: int = 0) -> LoadedModel:
-    """A fresh tiny Llama (what ``tiny_model(seed)`` builds, from the loaded config: the cache is switched)."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny.model.config, dtype=torch.float32)
-    return LoadedModel(sharpen(model), tiny.tokenizer, f"tiny-sharp-{seed}", torch.device("cpu"), torch.float32)
+@pytest.fixture(scope="module")
+def trained_models(tiny) -> dict[str, LoadedModel]:
+    return {kind: train(new_model(tiny, kind)) for kind in ("llama", "gpt2")}
 
 
-def gpt2(tiny: LoadedModel, seed: int = 0) -> LoadedModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tiny.tokenizer))
-    return LoadedModel(sharpen(GPT2LMHeadModel(config)), tiny.tokenizer, f"tiny-gpt2-{seed}", torch.device("cpu"),
-                       torch.float32)
+def trained_copy(trained_models: dict[str, LoadedModel], kind: str) -> LoadedModel:
+    lm = trained_models[kind]
+    return LoadedModel(copy.deepcopy(lm.model), lm.tokenizer, lm.name, lm.device, lm.dtype)
 
 
-_TEXTS: dict[str, list[str]] = {}
-
-
-def cartpole_texts() -> dict[str, list[str]]:
-    """Distinct CartPole observation texts per situation from seeded random episodes."""
-    if not _TEXTS:
-        card, _ = get_card("CartPole-v1")
-        env = card.make_env()
-        gen = torch.Generator().manual_seed(0)
-        for episode in range(60):
-            obs, _ = env.reset(seed=episode)
-            done = False
-            while not done:
-                text, situation = card.text(obs, env)
-                bucket = _TEXTS.setdefault(situation, [])
-                if text not in bucket:
-                    bucket.append(text)
-                obs, _, terminated, truncated, _ = env.step(int(torch.randint(2, (1,), generator=gen)))
-                done = terminated or truncated
-    return _TEXTS
-
-
-def policy_for(lm: LoadedModel) -> LLMPolicy:
-    card, _ = get_card("CartPole-v1")
-    policy = make_baseline("zero-shot", card, lm)
-    assert isinstance(policy, LLMPolicy)
-    return policy
-
-
-def opposite_items(policy: LLMPolicy, situations: list[str], n: int = 8) -> list[KnowledgeItem]:
-    """One item per situation whose action is the one the unedited policy picks least."""
-    items = []
-    for situation in situations:
-        examples = cartpole_texts()[situation][:n]
-        least = int(policy.scores(examples).argmax(1).float().mean().round())  # 1 if mostly 'right'
-        action = policy.action_words[1 - least]
-        items.append(KnowledgeItem(situation, action, value_gap=1.0, support=n, examples=examples))
-    return items
+def signal_items(mapping: dict[str, str]) -> list[KnowledgeItem]:
+    return [KnowledgeItem(s, a, value_gap=1.0, support=8, examples=signal_texts(s)) for s, a in mapping.items()]
 
 
 def reliability(policy: LLMPolicy, items: list[KnowledgeItem]) -> float:
@@ -139,6 +142,8 @@ def changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> int:
 
 # -- finding the subject ------------------------------------------------------------------------
 
+LEFT = "the pole is falling to the left"
+
 
 def test_subject_position_is_last_token_of_multi_token_phrase(tiny):
     tok = tiny.tokenizer
@@ -153,12 +158,12 @@ def test_subject_position_takes_the_last_occurrence(tiny):
     tok = tiny.tokenizer
     text = f"Hint: if {LEFT}, push left. Observation: {LEFT}; go"
     _, index = subject_position(tok, text, LEFT)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    assert enc["offset_mapping"][index][1] == text.rfind(LEFT) + len(LEFT)
+    assert tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][index][1] == \
+        text.rfind(LEFT) + len(LEFT)
 
 
 def test_subject_position_inside_a_merged_token(tiny):
-    # "leftover" ends mid-token for the subject "left": the covering token is the key position.
+    # The subject ends inside " leftover": the token covering its last character is the key position.
     text = "the pole is falling to the leftover"
     ids, index = subject_position(tiny.tokenizer, text, "falling to the left")
     start, end = tiny.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][index]
@@ -170,13 +175,21 @@ def test_subject_missing_is_a_usage_error(tiny):
         subject_position(tiny.tokenizer, "Cart at center.", LEFT)
 
 
-def test_item_whose_subject_is_not_in_its_prompts_is_refused_and_changes_nothing(tiny):
-    lm = llama(tiny)
-    policy, before = policy_for(lm), checksum(lm.model)
-    item = KnowledgeItem("the cart is on fire", "left", 1.0, 1, examples=cartpole_texts()[LEFT][:2])
-    with pytest.raises(UsageError, match="the cart is on fire"):
-        WeightsInjector(**TINY).inject(policy, [item])
+def test_item_whose_subject_is_not_in_its_prompts_is_refused_and_changes_nothing(trained_models):
+    lm = trained_copy(trained_models, "llama")
+    before = checksum(lm.model)
+    item = KnowledgeItem("the light is blue", "go", 1.0, 1, examples=signal_texts(RED, 2))
+    with pytest.raises(UsageError, match="the light is blue"):
+        WeightsInjector(**TINY).inject(signal_policy(lm), [item])
     assert checksum(lm.model) == before
+
+
+def test_item_with_an_unknown_action_or_no_examples_is_refused(trained_models):
+    policy = signal_policy(trained_copy(trained_models, "llama"))
+    with pytest.raises(UsageError, match="fly"):
+        WeightsInjector(**TINY).inject(policy, [KnowledgeItem(RED, "fly", 1.0, 1, examples=signal_texts(RED, 2))])
+    with pytest.raises(UsageError, match="no example"):
+        WeightsInjector(**TINY).inject(policy, [KnowledgeItem(RED, "go", 1.0, 1)])
 
 
 # -- layers and layouts --------------------------------------------------------------------------
@@ -185,7 +198,7 @@ def test_item_whose_subject_is_not_in_its_prompts_is_refused_and_changes_nothing
 def test_resolve_layers_takes_indices_fractions_and_negative_indices():
     assert resolve_layers([0.0, 0.5, 0.9], 31, "memit") == [0, 15, 27]
     assert resolve_layers([-2, 3, 3], 30, "memit") == [3, 28]
-    assert resolve_layers(None, 30, "rome") == [round(weights.DEFAULT_LAYERS["rome"][0] * 29)]
+    assert resolve_layers(None, 30, "rome") == [12] and resolve_layers(None, 30, "memit") == [9, 10, 12, 13, 14]
     assert resolve_layers(None, 2, "memit") == [0]
     with pytest.raises(UsageError, match="exactly one"):
         resolve_layers([1, 2], 30, "rome")
@@ -196,8 +209,8 @@ def test_resolve_layers_takes_indices_fractions_and_negative_indices():
 
 
 def test_layouts_are_detected(tiny):
-    llama_layout = find_layout(llama(tiny).model)
-    gpt2_layout = find_layout(gpt2(tiny).model)
+    llama_layout = find_layout(new_model(tiny, "llama").model)
+    gpt2_layout = find_layout(new_model(tiny, "gpt2").model)
     assert not llama_layout.transposed and gpt2_layout.transposed
     assert (llama_layout.hidden_size, llama_layout.key_size) == (64, 128)
     assert (gpt2_layout.hidden_size, gpt2_layout.key_size) == (64, 256)
@@ -207,43 +220,38 @@ def test_unsupported_architecture_is_a_usage_error(tiny):
     config = GPTNeoXConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                            vocab_size=len(tiny.tokenizer))
     lm = LoadedModel(GPTNeoXForCausalLM(config).eval(), tiny.tokenizer, "neox", torch.device("cpu"), torch.float32)
-    policy = policy_for(lm)
     with pytest.raises(UsageError, match="GPTNeoXForCausalLM"):
-        WeightsInjector(**TINY).inject(policy, opposite_items(policy, [LEFT]))
+        WeightsInjector(**TINY).inject(signal_policy(lm), signal_items({RED: "go"}))
 
 
 def test_bad_options_are_usage_errors():
-    with pytest.raises(UsageError):
-        WeightsInjector(method="ft")
-    with pytest.raises(UsageError):
-        WeightsInjector(steps=0)
-    with pytest.raises(UsageError):
-        WeightsInjector(essence="no slot")
+    for options in ({"method": "ft"}, {"steps": 0}, {"essence": "no slot"}, {"clamp": 0.0}):
+        with pytest.raises(UsageError):
+            WeightsInjector(**options)
 
 
 # -- edits ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [llama, gpt2], ids=["llama", "gpt2"])
-def test_rome_single_item_wins_and_undo_is_exact(tiny, make):
-    lm = make(tiny)
-    policy = policy_for(lm)
-    items = opposite_items(policy, [LEFT])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_rome_single_item_wins_and_undo_is_exact(trained_models, kind):
+    lm = trained_copy(trained_models, kind)
+    policy = signal_policy(lm)
+    items = signal_items({RED: "go"})
     original = checksum(lm.model)
     snapshot = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     scores = policy.scores(items[0].examples)
-    assert reliability(policy, items) <= 0.5
+    assert reliability(policy, signal_items({RED: "stop"})) == 1.0  # the trained answer, before
 
     edit = WeightsInjector(method="rome", **TINY).inject(policy, items)
 
-    assert reliability(policy, items) == 1.0
-    assert not torch.equal(policy.scores(items[0].examples), scores)  # the policy's own model changed
+    assert reliability(policy, items) == 1.0  # the policy's own model changed (its caches were dropped)
     assert edit.strategy == "weights" and edit.info["method"] == "rome" and edit.info["layers"] == [0]
-    assert edit.params_touched == changed(lm.model, snapshot) > 0
     layout = find_layout(lm.model)
-    assert edit.params_touched <= layout.hidden_size * layout.key_size
+    assert 0 < edit.params_touched == changed(lm.model, snapshot) <= layout.hidden_size * layout.key_size
     (report,) = edit.info["items"]
-    assert report["logp_after"] > report["logp_before"]
+    assert report["logp_after"] > report["logp_before"] + 1
+    assert edit.seconds >= edit.info["edit_seconds"] > 0 and edit.info["stats_seconds"] > 0
     edit.undo()
     assert checksum(lm.model) == original
     torch.testing.assert_close(policy.scores(items[0].examples), scores, rtol=0, atol=0)
@@ -251,38 +259,40 @@ def test_rome_single_item_wins_and_undo_is_exact(tiny, make):
         edit.undo()
 
 
-@pytest.mark.parametrize("make", [llama, gpt2], ids=["llama", "gpt2"])
-def test_memit_batch_of_three_items_wins_and_undo_is_exact(tiny, make):
-    lm = make(tiny)
-    policy = policy_for(lm)
-    items = opposite_items(policy, [LEFT, RIGHT, DRIFT_LEFT])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_memit_batch_of_three_items_wins_and_undo_is_exact(trained_models, kind):
+    lm = trained_copy(trained_models, kind)
+    policy = signal_policy(lm)
+    items = signal_items(CHANGED)
     original = checksum(lm.model)
     snapshot = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    assert reliability(policy, items) == 0.0
 
     edit = WeightsInjector(method="memit", **TINY).inject(policy, items)
 
     assert reliability(policy, items) == 1.0
     assert edit.params_touched == changed(lm.model, snapshot) > 0
-    assert [r["situation"] for r in edit.info["items"]] == [LEFT, RIGHT, DRIFT_LEFT]
-    assert edit.seconds >= edit.info["edit_seconds"] > 0
+    assert [r["situation"] for r in edit.info["items"]] == list(CHANGED)
     edit.undo()
     assert checksum(lm.model) == original
 
 
-def test_rome_items_apply_one_after_another_and_undo_restores_all(tiny):
-    lm = llama(tiny)
-    policy = policy_for(lm)
-    items = opposite_items(policy, [LEFT, RIGHT])
+def test_rome_items_apply_one_after_another_and_undo_restores_all(trained_models):
+    """Each item wins right after its own rank-one edit; later edits of similar keys may overwrite
+    earlier ones (ROME's known weakness in sequence, which MEMIT's joint solve avoids)."""
+    lm = trained_copy(trained_models, "llama")
+    policy = signal_policy(lm)
+    items = signal_items(CHANGED)
     original = checksum(lm.model)
     edit = WeightsInjector(method="rome", **TINY).inject(policy, items)
-    assert reliability(policy, items) == 1.0
+    assert all(r["logp_after"] > math.log(0.5) for r in edit.info["items"])
+    assert reliability(policy, items[-1:]) == 1.0
     edit.undo()
     assert checksum(lm.model) == original
 
 
-def test_failure_midway_restores_the_weights(tiny, monkeypatch):
-    lm = llama(tiny)
-    policy = policy_for(lm)
+def test_failure_midway_restores_the_weights(trained_models, monkeypatch):
+    lm = trained_copy(trained_models, "llama")
     original = checksum(lm.model)
 
     def boom(*args, **kwargs):
@@ -290,23 +300,44 @@ def test_failure_midway_restores_the_weights(tiny, monkeypatch):
 
     monkeypatch.setattr(WeightsInjector, "_after", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        WeightsInjector(method="memit", **TINY).inject(policy, opposite_items(policy, [LEFT, RIGHT]))
+        WeightsInjector(method="memit", **TINY).inject(signal_policy(lm), signal_items(CHANGED))
     assert checksum(lm.model) == original
     assert all(p.requires_grad for p in lm.model.parameters())
+
+
+def test_split_prompts_and_replayed_blocks_score_like_the_policy(trained_models):
+    """The cached-context, live-suffix forward (with the lower blocks replayed) gives the policy's own
+    log-probabilities, here for a two-token answer."""
+    lm = trained_copy(trained_models, "llama")
+    card, texts = start_texts("MountainCar-v0", 3)
+    policy = make_baseline("zero-shot", card, lm)
+    assert isinstance(policy, LLMPolicy)
+    situation = "the car is standing still"
+    answer = policy.answer_text("push left")
+    prompts = [weights._make_prompt(lm.tokenizer, policy.decision_prompt(t), situation, answer) for t in texts]
+    pad = lm.tokenizer.pad_token_id
+    rows = weights._rows(lm.model, prompts, [0] * len(prompts), pad)
+    layout = find_layout(lm.model)
+    with torch.no_grad():
+        plain = weights._answer_logp(lm.model, rows, pad)
+        with weights._replay(layout.blocks[:1], weights._block_output(lm.model, layout.blocks[0], rows, pad)):
+            replayed = weights._answer_logp(lm.model, rows, pad)
+    assert len(prompts[0].answer) == 2
+    expected = policy.scores(texts)[:, policy.action_words.index("push left")]
+    torch.testing.assert_close(plain, expected, atol=1e-4, rtol=0)  # per token = per word here
+    torch.testing.assert_close(replayed, plain, atol=1e-5, rtol=0)
 
 
 # -- statistics -------------------------------------------------------------------------------------
 
 
-def test_statistics_are_cached_and_reused(tiny, stats_cache, monkeypatch):
-    lm = llama(tiny)
-    policy = policy_for(lm)
-    items = opposite_items(policy, [LEFT])
+def test_statistics_are_cached_and_reused(trained_models, tiny, stats_cache, monkeypatch):
+    policy = signal_policy(trained_copy(trained_models, "llama"))
+    items = signal_items({RED: "go"})
     first = WeightsInjector(**TINY).inject(policy, items)
     assert first.info["stats_cached"] is False
-    folder = stats_cache / "stats"
-    files = sorted(p.name for p in folder.rglob("*.safetensors"))
-    assert files == ["corpus.safetensors", "layer-000.safetensors"]
+    assert sorted(p.name for p in (stats_cache / "stats").rglob("*.safetensors")) == \
+        ["corpus.safetensors", "layer-000.safetensors"]
     first.undo()
 
     def no_sampling(*args, **kwargs):
@@ -319,27 +350,27 @@ def test_statistics_are_cached_and_reused(tiny, stats_cache, monkeypatch):
     second.undo()
     # Another model (other random weights) gets its own statistics.
     monkeypatch.setattr(weights, "sample_corpus", sample)
-    other = policy_for(llama(tiny, seed=1))
-    third = WeightsInjector(**TINY).inject(other, opposite_items(other, [LEFT]))
-    assert third.info["stats_dir"] != first.info["stats_dir"] and not third.info["stats_cached"]
+    other = WeightsInjector(**TINY).inject(signal_policy(new_model(tiny, "llama", seed=1)), items)
+    assert other.info["stats_dir"] != first.info["stats_dir"] and other.info["stats_cached"] is False
 
 
 def test_second_moments_match_a_direct_computation(tiny):
-    lm = llama(tiny)
-    layout = find_layout(lm.model)
+    model = new_model(tiny, "llama").model
+    layout = find_layout(model)
     corpus = [tiny.tokenizer(text, add_special_tokens=False).input_ids for text in ("The cat sat on the mat.", "Rain")]
-    skip = [[1], []]
-    moments, count = weights.second_moments(lm.model, layout, [0, 1], corpus, skip, tiny.tokenizer.pad_token_id)
-    keys = {}
-    hooks = [layout.projections[i].register_forward_pre_hook(lambda m, a, i=i: keys.setdefault(i, []).append(a[0][0]))
+    moments, count = weights.second_moments(model, layout, [0, 1], weights.Corpus(corpus, [[1], []]),
+                                            tiny.tokenizer.pad_token_id)
+    keys: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    hooks = [layout.projections[i].register_forward_pre_hook(lambda m, a, i=i: keys[i].append(a[0][0]))
              for i in (0, 1)]
     with torch.no_grad():
         for seq in corpus:
-            lm.model(input_ids=torch.tensor([seq]))
-    for h in hooks:
-        h.remove()
+            model(input_ids=torch.tensor([seq]))
+    for hook in hooks:
+        hook.remove()
     for layer in (0, 1):
-        k = torch.cat([keys[layer][0][[0] + list(range(2, len(corpus[0])))], keys[layer][1]])
+        first = keys[layer][0]
+        k = torch.cat([first[[0] + list(range(2, len(first)))], keys[layer][1]])
         assert count == len(k)
         torch.testing.assert_close(moments[layer], (k.T @ k / len(k)).float(), rtol=1e-4, atol=1e-6)
 
@@ -347,16 +378,36 @@ def test_second_moments_match_a_direct_computation(tiny):
 # -- the real model ---------------------------------------------------------------------------------
 
 
+def cartpole_texts(situation: str, n: int) -> list[str]:
+    """Distinct real CartPole observation texts of one situation, from seeded random episodes."""
+    card, _ = get_card("CartPole-v1")
+    env = card.make_env()
+    gen = torch.Generator().manual_seed(0)
+    found: list[str] = []
+    for episode in range(200):
+        obs, _ = env.reset(seed=episode)
+        done = False
+        while not done and len(found) < n:
+            text, seen = card.text(obs, env)
+            if seen == situation and text not in found:
+                found.append(text)
+            obs, _, terminated, truncated, _ = env.step(int(torch.randint(2, (1,), generator=gen)))
+            done = terminated or truncated
+    return found
+
+
 @pytest.mark.slow
 def test_real_memit_cartpole_items_are_reliable(real):
-    card: Card
+    """The default model and settings (the statistics pass takes minutes the first time)."""
     card, _ = get_card("CartPole-v1")
     policy = make_baseline("zero-shot", card, real)
-    texts = cartpole_texts()
-    items = [KnowledgeItem(LEFT, "left", 1.0, 20, examples=texts[LEFT][:20]),
-             KnowledgeItem(RIGHT, "right", 1.0, 20, examples=texts[RIGHT][:20])]
+    assert isinstance(policy, LLMPolicy)
+    right = "the pole is falling to the right"
+    items = [KnowledgeItem(LEFT, "left", 1.0, 30, examples=cartpole_texts(LEFT, 30)),
+             KnowledgeItem(right, "right", 1.0, 30, examples=cartpole_texts(right, 30))]
     edit = WeightsInjector().inject(policy, items)
     try:
         assert reliability(policy, items) >= 0.95
+        assert 0.99 * 5 * 576 * 1536 < edit.params_touched <= 5 * 576 * 1536  # float32 may absorb tiny changes
     finally:
         edit.undo()

@@ -11,20 +11,16 @@ from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
 from llmrl.cli import main
 from llmrl.policy import LLMPolicy
+from tests.helpers import start_texts
 from tests.test_policy import reference_scores
 
 pytestmark = pytest.mark.real
 
 
 def test_real_scores_match_plain_forward(real):
-    card, _ = get_card("MountainCar-v0")  # multi-token action words
+    card, texts = start_texts("MountainCar-v0", 3)  # multi-token action words
     policy = make_baseline("expert-hint", card, real)
     assert isinstance(policy, LLMPolicy)
-    env = card.make_env()
-    texts = []
-    for seed in range(3):
-        obs, _ = env.reset(seed=seed)
-        texts.append(card.text(obs, env)[0])
     torch.testing.assert_close(policy.scores(texts), reference_scores(real, policy.prompt, texts, "word"),
                                atol=1e-4, rtol=0)
 
