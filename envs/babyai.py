@@ -134,6 +134,14 @@ class BabyAIGoTo(Card):
             place = f"ahead to the {'right' if right > 0 else 'left'}"
         return f"{self.target} is {place}{blocked}"
 
+    def potential(self, obs: dict[str, Any], env: gym.Env) -> float:
+        """Success reward 1 scaled down by the share of the room still between you and the nearest
+        target (full-state distance: the target may be out of view)."""
+        level = env.unwrapped
+        x, y = level.agent_pos
+        steps = min(abs(int(tx) - int(x)) + abs(int(ty) - int(y)) for tx, ty in level.instrs.desc.obj_poss) - 1
+        return 1.0 - max(steps, 0) / (level.width + level.height - 4)
+
 
 class GoToRedBall(BabyAIGoTo):
     env_id = "BabyAI-GoToRedBall-v0"

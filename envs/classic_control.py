@@ -133,6 +133,17 @@ class MountainCar(Card):
 
     #: Speeds (position units per step) below this read as standing still.
     STILL = 0.0005
+    #: Steps a momentum-building policy needs from the valley floor (the oracle table in the tests: 128).
+    STEPS = 120
+
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """Mechanical energy as the share still missing to reach the flag, times -STEPS."""
+        position, velocity = (float(o) for o in obs)
+        car = env.unwrapped
+        height = lambda x: car.gravity / 3 * math.sin(3 * x)  # noqa: E731  (the force's antiderivative)
+        energy = velocity**2 / 2 + height(position)
+        goal, floor = height(car.goal_position), -car.gravity / 3
+        return -self.STEPS * min(max((goal - energy) / (goal - floor), 0.0), 1.0)
 
     def describe(self, obs: Any, env: gym.Env) -> str:
         position, velocity = (float(o) for o in obs)
@@ -188,6 +199,15 @@ class Acrobot(Card):
 
     def situation(self, obs: Any, env: gym.Env) -> str:
         return f"the lower link swings {'counterclockwise' if float(obs[5]) > 0 else 'clockwise'}"
+
+    #: Steps a pumping policy needs from hanging still (the oracle table in the tests: 82).
+    STEPS = 100
+
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """The tip's height still missing to the 1 m line (from -2 m hanging), times -STEPS / 3."""
+        cos1, sin1, cos2, sin2 = (float(o) for o in obs[:4])
+        tip = -cos1 - (cos1 * cos2 - sin1 * sin2)
+        return -self.STEPS * min(max((1.0 - tip) / 3.0, 0.0), 1.0)
 
 
 # Situation parts of LunarLander, each in (left, middle, right) or (fast, slow) order.

@@ -105,6 +105,12 @@ class FrozenLake(Card):
             return f"{base}, with a hole {_LAKE_SIDE[holes[0]]}"
         return f"{base}, with holes {_LAKE_SIDE[holes[0]]} and {_LAKE_SIDE[holes[1]]}"
 
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """The goal's reward 1 scaled down by the share of the map still between you and the goal."""
+        row, col, (goal_row, goal_col) = self._where(obs, env)
+        rows, cols = env.unwrapped.desc.shape
+        return 1.0 - (abs(goal_row - row) + abs(goal_col - col)) / (rows + cols - 2)
+
 
 class FrozenLakeNotSlippery(FrozenLake):
     """FrozenLake on firm ice, a deterministic task of its own for quick experiments."""

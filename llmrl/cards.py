@@ -86,6 +86,18 @@ class Card:
         """The qualitative state as one lower-case phrase."""
         raise NotImplementedError
 
+    def potential(self, obs: Any, env: gym.Env) -> float | None:
+        """A rough value of the state in reward units, or None (the default: no estimate).
+
+        Sparse-reward tasks give Monte-Carlo feedback nothing to compare until
+        an episode succeeds. With ``n_step`` set, the loop scores an action by
+        the n-step return bootstrapped with this potential minus the potential
+        where it was taken: potential-based shaping (Ng, Harada & Russell,
+        ICML 1999), which leaves the task's optimal policies unchanged.
+        Terminal states count as 0, so scale it like the return still to come.
+        """
+        return None
+
     def text(self, obs: Any, env: gym.Env) -> tuple[str, str]:
         """(observation text, situation); the situation phrase ends the text."""
         sit = self.situation(obs, env)

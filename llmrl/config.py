@@ -93,6 +93,9 @@ class LoopConfig(Strict):
     #: Estimate action values from all feedback so far (True) or only the latest iteration's.
     pool: bool = True
     erase_z: float = Field(3.0, ge=0.0)
+    #: Score actions by n-step returns bootstrapped with the card's potential (sparse-reward
+    #: tasks; see Card.potential) instead of Monte-Carlo returns-to-go.
+    n_step: int | None = Field(None, ge=1)
     eval_episodes: int = Field(20, ge=1)
     eval_max_steps: int | None = Field(None, ge=1)
     locality: bool = True

@@ -63,18 +63,43 @@ def returns_to_go(rewards: list[float], gamma: float) -> np.ndarray:
     return out
 
 
-def action_values(trajectories: list[Trajectory], action_words: list[str], gamma: float
-                  ) -> dict[str, dict[str, ActionValue]]:
-    """Mean and standard error of the return-to-go per (situation, action).
+def n_step_returns(t: Trajectory, gamma: float, n: int) -> np.ndarray:
+    """Per step: the discounted rewards of the next ``n`` steps, plus the discounted potential
+    reached then, minus the potential where the action was taken.
 
-    A truncated episode's last ``1 / (1 - gamma)`` steps are left out: their
-    returns-to-go are cut short by the truncation, not by the action.
+    With the card's potential as a rough value function this is an n-step
+    advantage estimate: shaped rewards summed over n steps (the sum
+    telescopes). A missing potential counts as 0, as does a terminal state.
     """
-    horizon = round(1 / (1 - gamma)) if gamma < 1 else 0
+    rewards = np.array([s.reward for s in t.steps])
+    end = 0.0 if t.terminated else (t.end_potential or 0.0)
+    phi = np.array([s.potential or 0.0 for s in t.steps] + [end])
+    out = np.empty(t.length)
+    for i in range(t.length):
+        j = min(i + n, t.length)
+        out[i] = np.dot(gamma ** np.arange(j - i), rewards[i:j]) + gamma ** (j - i) * phi[j] - phi[i]
+    return out
+
+
+def action_values(trajectories: list[Trajectory], action_words: list[str], gamma: float,
+                  n_step: int | None = None) -> dict[str, dict[str, ActionValue]]:
+    """Mean and standard error of each (situation, action)'s return: the Monte-Carlo return-to-go,
+    or with ``n_step`` the potential-bootstrapped n-step return of :func:`n_step_returns`.
+
+    A truncated episode's last steps are left out where their returns are cut
+    short by the truncation rather than decided by the action: the last
+    ``1 / (1 - gamma)`` steps for Monte-Carlo returns, the last ``n_step``
+    when the truncated episode has no potential to bootstrap from.
+    """
     samples: dict[str, dict[str, list[float]]] = {}
     for t in trajectories:
-        rtg = returns_to_go([s.reward for s in t.steps], gamma)
-        usable = t.length - horizon if t.truncated else t.length
+        if n_step is None:
+            rtg = returns_to_go([s.reward for s in t.steps], gamma)
+            cut = round(1 / (1 - gamma)) if gamma < 1 else 0
+        else:
+            rtg = n_step_returns(t, gamma, n_step)
+            cut = n_step if t.end_potential is None else 0
+        usable = t.length - cut if t.truncated else t.length
         for step, g in zip(t.steps[:max(usable, 0)], rtg):
             samples.setdefault(step.situation, {}).setdefault(action_words[step.action], []).append(float(g))
     values = {}
@@ -136,6 +161,8 @@ class Extraction:
     pool: bool = True
     #: Standard errors by which new evidence must beat a held item to erase it.
     erase_z: float = 3.0
+    #: Score actions by potential-bootstrapped n-step returns instead of Monte-Carlo returns.
+    n_step: int | None = None
 
 
 class KnowledgeBase:
@@ -162,7 +189,7 @@ class KnowledgeBase:
         """Fold one batch of feedback in; returns the items inserted, modified and erased."""
         s = self.settings
         self.feedback = self.feedback + trajectories if s.pool else list(trajectories)
-        values = action_values(self.feedback, policy.action_words, s.gamma)
+        values = action_values(self.feedback, policy.action_words, s.gamma, s.n_step)
         texts = texts_by_situation(trajectories)
         prefs = preferences(policy, {k: spread(v, s.max_examples) for k, v in texts.items()}, s.preference_margin)
         changes: dict[str, list[KnowledgeItem]] = {"insert": [], "modify": [], "retain": [], "erase": []}

@@ -90,7 +90,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
                        default_action=card.action_words.index(card.default_action_word))
     probe = LocalityProbe.for_card(lm, card) if cfg.locality else None
     kb = KnowledgeBase(Extraction(cfg.gamma, cfg.z, cfg.min_support, max_examples=cfg.max_examples,
-                                  preference_margin=cfg.preference_margin, pool=cfg.pool, erase_z=cfg.erase_z))
+                                  preference_margin=cfg.preference_margin, pool=cfg.pool, erase_z=cfg.erase_z,
+                                  n_step=cfg.n_step))
     writer = SummaryWriter(str(out / "tensorboard"))
     rows: list[dict] = []
     edit: Edit | None = None

@@ -16,9 +16,11 @@ the very model object the policy uses, so an edit that silently did not land
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 
 from llmrl.cards import Card, all_cards
@@ -63,12 +65,20 @@ def locality_prompts(split: str = "eval") -> list[str]:
 
 
 def environment_prompts(tokenizer, exclude: str, per_card: int = 2, seed: int = 0) -> list[str]:
-    """Zero-shot decision prompts of every other card: edits for one task should leave the others alone."""
+    """Zero-shot decision prompts of every other card: edits for one task should leave the others alone.
+
+    Cards whose environment cannot be made here (an optional extra not
+    installed) are left out with a warning; the probe's prompt count says so.
+    """
     out = []
     for key, card in sorted(all_cards().items()):
         if card.env_id == exclude or key == exclude:
             continue
-        env = card.make_env()
+        try:
+            env = card.make_env()
+        except (ImportError, gym.error.DependencyNotInstalled) as exc:
+            warnings.warn(f"locality probe leaves out {key}: {exc}", stacklevel=2)
+            continue
         rendered = render(card_prompt(card), tokenizer)
         for i in range(per_card):
             obs, _ = env.reset(seed=seed + i)

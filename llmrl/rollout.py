@@ -25,6 +25,8 @@ class Step:
     situation: str
     action: int
     reward: float
+    #: The card's potential of the state the action was taken in (None: the card has none).
+    potential: float | None = None
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Trajectory:
     steps: list[Step] = field(default_factory=list)
     terminated: bool = False
     truncated: bool = False
+    #: The card's potential of the state after the last step (None after termination or without one).
+    end_potential: float | None = None
 
     @property
     def ret(self) -> float:
@@ -83,14 +87,17 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
             actions = policy.act([text for text, _ in seen], slots)
             for slot, (text, situation), a in zip(slots, seen, actions):
                 ep, traj, _ = running[slot]
+                potential = card.potential(running[slot][2], envs[slot])
                 obs, reward, terminated, truncated, _ = envs[slot].step(values[a])
-                traj.steps.append(Step(text, situation, int(a), float(reward)))
+                traj.steps.append(Step(text, situation, int(a), float(reward), potential))
                 total_steps += 1
                 out_of_budget = step_budget is not None and total_steps >= step_budget
                 if (max_steps is not None and traj.length >= max_steps) or out_of_budget:
                     truncated = True
                 if terminated or truncated:
                     traj.terminated, traj.truncated = bool(terminated), bool(truncated and not terminated)
+                    if not terminated:
+                        traj.end_potential = card.potential(obs, envs[slot])
                     done[ep] = traj
                     del running[slot]
                     if on_episode:
@@ -100,8 +107,9 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
                 else:
                     running[slot] = (ep, traj, obs)
             if step_budget is not None and total_steps >= step_budget:
-                for ep, traj, _ in running.values():
+                for slot, (ep, traj, obs) in running.items():
                     traj.truncated = True
+                    traj.end_potential = card.potential(obs, envs[slot])
                     done[ep] = traj
                 running.clear()
     finally:
@@ -133,9 +141,10 @@ def load_trajectories(path: Path, action_words: list[str]) -> list[Trajectory]:
             continue
         try:
             row = json.loads(line)
-            steps = [Step(s["text"], s["situation"], action_words.index(s["action"]), float(s["reward"]))
-                     for s in row["steps"]]
-            out.append(Trajectory(int(row["seed"]), steps, bool(row.get("terminated")), bool(row.get("truncated"))))
+            steps = [Step(s["text"], s["situation"], action_words.index(s["action"]), float(s["reward"]),
+                          s.get("potential")) for s in row["steps"]]
+            out.append(Trajectory(int(row["seed"]), steps, bool(row.get("terminated")), bool(row.get("truncated")),
+                                  row.get("end_potential")))
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{path}:{n}: not a trajectory line ({type(exc).__name__}: {exc})") from exc
     return out

@@ -360,3 +360,26 @@ class PendulumWithoutWords(Card):
 def test_box_action_space_without_action_words_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="non-discrete"):
         PendulumWithoutWords().make_env()
+
+
+def test_potentials_read_progress_toward_the_goal() -> None:
+    car, car_env = card_of("MountainCar-v0"), card_of("MountainCar-v0").make_env()
+    floor = car.potential(np.array([-np.pi / 6, 0.0]), car_env)
+    assert floor == pytest.approx(-car.STEPS) and car.potential(np.array([0.5, 0.0]), car_env) == pytest.approx(0)
+    assert car.potential(np.array([-0.5, 0.02]), car_env) > car.potential(np.array([-0.5, 0.0]), car_env)
+    arm, arm_env = card_of("Acrobot-v1"), card_of("Acrobot-v1").make_env()
+    hanging, level = np.array([1.0, 0, 1, 0, 0, 0]), np.array([0.0, 1, 1, 0, 0, 0])  # upper link level: tip at 0 m
+    assert arm.potential(hanging, arm_env) == pytest.approx(-arm.STEPS)
+    assert arm.potential(level, arm_env) == pytest.approx(-arm.STEPS / 3)
+    lake, lake_env = card_of("FrozenLake-v1"), card_of("FrozenLake-v1").make_env()
+    assert [lake.potential(s, lake_env) for s in (0, 5, 15)] == [0.0, pytest.approx(2 / 6), 1.0]
+    ball = card_of("BabyAI-GoToRedBall-v0")
+    env = ball.make_env()
+    env.reset(seed=0)
+    level = env.unwrapped
+    (tx, ty), = level.instrs.desc.obj_poss
+    level.agent_pos = (tx - 1, ty)
+    assert ball.potential(None, env) == 1.0
+    level.agent_pos = (tx - 3, ty)
+    assert ball.potential(None, env) == pytest.approx(1 - 2 / (level.width + level.height - 4))
+    assert card_of("CartPole-v1").potential(np.zeros(4), card_of("CartPole-v1").make_env()) is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmrl.knowledge import (Extraction, KnowledgeBase, action_values, returns_to_go, spread,
+from llmrl.knowledge import (Extraction, KnowledgeBase, action_values, n_step_returns, returns_to_go, spread,
                              texts_by_situation)
 from llmrl.policy import Policy, PolicyStats
 from llmrl.rollout import Step, Trajectory
@@ -54,6 +54,47 @@ def test_truncated_tail_is_left_out():
     values = action_values([Trajectory(0, steps, truncated=True)], WORDS, gamma=0.9)  # horizon 10
     assert values["s"]["left"].n == 20
     assert action_values([Trajectory(0, steps, terminated=True)], WORDS, gamma=0.9)["s"]["left"].n == 30
+
+
+def test_n_step_returns_bootstrap_with_the_potential():
+    # rewards 1, 2, 4 with potentials 10, 20, 30 and 40 after the last step (truncated)
+    steps = [Step(f"s|{i}", "s", 0, r, phi) for i, (r, phi) in enumerate([(1.0, 10.0), (2.0, 20.0), (4.0, 30.0)])]
+    t = Trajectory(0, steps, truncated=True, end_potential=40.0)
+    np.testing.assert_allclose(n_step_returns(t, 0.5, 2), [1 + 0.5 * 2 + 0.25 * 30 - 10,
+                                                          2 + 0.5 * 4 + 0.25 * 40 - 20,
+                                                          4 + 0.5 * 40 - 30])
+    # a terminal state is worth 0 whatever the card says; no potential counts as 0
+    t.terminated, t.truncated = True, False
+    assert n_step_returns(t, 0.5, 2)[2] == pytest.approx(4 - 30)
+    plain = Trajectory(0, [Step("s|0", "s", 0, 1.0), Step("s|1", "s", 0, 1.0)], terminated=True)
+    np.testing.assert_allclose(n_step_returns(plain, 0.5, 1), [1.0, 1.0])
+
+
+def sparse_chain(rng, episodes: int, length: int = 40) -> list[Trajectory]:
+    """A walk on a line that never reaches its goal (reward -1 every step): 'right' moves toward it,
+    'left' away; the potential is minus the distance to the goal."""
+    out = []
+    for e in range(episodes):
+        pos, steps = 0, []
+        for i in range(length):
+            a = int(rng.integers(2))
+            steps.append(Step(f"s|{e}-{i}", "s", a, -1.0, float(pos - 100)))
+            pos += 1 if a else -1
+        out.append(Trajectory(e, steps, truncated=True, end_potential=float(pos - 100)))
+    return out
+
+
+def test_potential_gives_signal_where_monte_carlo_returns_have_none():
+    feedback = sparse_chain(np.random.default_rng(3), 20)
+    mc = action_values(feedback, WORDS, gamma=0.9)["s"]
+    assert abs(mc["left"].mean - mc["right"].mean) < 0.1  # returns-to-go depend on the time left only
+    assert not KnowledgeBase(Extraction(gamma=0.9)).update(feedback, Prefers({"s": [0.5, 0.5]}), 1)["insert"]
+    shaped = action_values(feedback, WORDS, gamma=0.9, n_step=5)["s"]
+    assert shaped["left"].n + shaped["right"].n == 800  # truncation is bootstrapped, nothing dropped
+    assert shaped["right"].mean - shaped["left"].mean == pytest.approx(2 * 0.9**5, abs=0.3)  # 2 nearer, 5 steps on
+    kb = KnowledgeBase(Extraction(gamma=0.9, n_step=5))
+    changes = kb.update(feedback, Prefers({"s": [0.5, 0.5]}), iteration=1)
+    assert [(i.situation, i.action, i.kind) for i in changes["insert"]] == [("s", "right", "insert")]
 
 
 def test_items_insert_modify_retain_and_nothing_without_evidence():

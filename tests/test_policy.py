@@ -31,7 +31,7 @@ def reference_scores(lm, prompt, texts, normalization):
         for word in prompt.action_words:
             answer = tok(lead + word, add_special_tokens=False).input_ids
             with torch.no_grad():
-                logp = torch.log_softmax(lm.model(torch.tensor([context + answer])).logits[0].float(), -1)
+                logp = torch.log_softmax(lm.model(torch.tensor([context + answer], device=lm.device)).logits[0].float(), -1)
             total = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(answer))
             row.append(total / {"sum": 1, "token": len(answer), "word": len(word.split())}[normalization])
         rows.append(row)

@@ -96,3 +96,22 @@ def test_prompt_baselines_differ_only_in_their_prompt(name):
     assert (card.hint in prompt.system_text()) == (name == "expert-hint")
     assert bool(prompt.shots) == (name == "few-shot")
     assert prompt.reasoning == (name == "chain-of-thought")
+
+
+def test_rollout_records_the_cards_potential(tmp_path):
+    card, _ = get_card("MountainCar-v0")
+    trajs = rollout(FirstWord(card.action_words), card, episodes=2, seed=0, n_envs=2, max_steps=5)
+    env = card.make_env()
+    obs, _ = env.reset(seed=0)
+    first = card.potential(obs, env)
+    for _ in range(5):
+        obs, *_ = env.step(card.actions[card.action_words[0]])
+    assert trajs[0].steps[0].potential == first and trajs[0].end_potential == card.potential(obs, env)
+    path = tmp_path / "t.jsonl"
+    save_trajectories(path, trajs, card.action_words)
+    back = load_trajectories(path, card.action_words)
+    assert [s.potential for s in back[1].steps] == [s.potential for s in trajs[1].steps]
+    assert back[1].end_potential == trajs[1].end_potential
+    cartpole, _ = get_card("CartPole-v1")
+    (plain,) = rollout(FirstWord(cartpole.action_words), cartpole, episodes=1, seed=0)
+    assert plain.terminated and plain.end_potential is None and {s.potential for s in plain.steps} == {None}
