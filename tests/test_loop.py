@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from llmrl.cards import Card, get_card
 from llmrl.cli import main
-from llmrl.config import LoopConfig, apply_overrides
+from llmrl.config import LoopConfig, apply_overrides, load_yaml
+from llmrl.loop import make_injector
 
 BASE = dict(env="CartPole-v1", strategy="context", model="tiny", device="cpu", iterations=2,
             steps_per_iteration=80, n_envs=4, eval_episodes=2, min_support=2, z=0.5)
@@ -52,3 +55,27 @@ def test_bad_run_configs(tmp_path, capsys, override, message):
     code = main(["run", str(cfg), "--set", override, "--set", f"out={tmp_path / 'o'}"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "configs" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_shipped_experiment_configs_are_valid(path):
+    cfg = LoopConfig(**load_yaml(path))
+    assert get_card(cfg.env)
+    strategies = [cfg.strategy] if cfg.strategy_options else ["context", "adapter", "weights"]
+    for strategy in strategies:  # options-free configs promise to run with any strategy
+        make_injector(strategy, dict(cfg.strategy_options))
+    assert cfg.n_step is None or get_card(cfg.env)[0].potential.__func__ is not Card.potential
+
+
+def test_run_with_potential_n_step_returns_on_a_sparse_task(tmp_path, capsys):
+    values = {**BASE, "env": "MountainCar-v0", "n_step": 5, "gamma": 0.99, "steps_per_iteration": 120,
+              "iterations": 1, "eval_max_steps": 20, "locality": False}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in values.items()) + "\n")
+    assert main(["run", str(cfg), "--set", f"out={tmp_path / 'out'}", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["env"] == "MountainCar-v0" and summary["env_steps"] == 120
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["n_step"] == 5
