@@ -1,0 +1,89 @@
+"""The edit metrics' definitions: reliability, generalization and locality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmrl.metrics as metrics
+from llmrl.knowledge import KnowledgeItem
+from llmrl.metrics import LocalityProbe, environment_prompts, generalization, locality_prompts, reliability
+from llmrl.prompts import Prompt
+
+WORDS = ["left", "right"]
+
+
+class TablePolicy:
+    """Greedy choice read from a table per prompt style: text -> action word."""
+
+    def __init__(self, default: dict[str, str], reworded: dict[str, str]):
+        self.action_words, self.tables = WORDS, {"default": default, "reworded": reworded}
+        self.prompt = Prompt("Balance the pole.", WORDS)
+
+    def set_prompt(self, prompt: Prompt) -> None:
+        self.prompt = prompt
+
+    def scores(self, texts: list[str]) -> torch.Tensor:
+        table = self.tables[self.prompt.style]
+        return torch.tensor([[0.0, -1.0] if table[t] == "left" else [-1.0, 0.0] for t in texts])
+
+
+def test_reliability_and_generalization_count_greedy_agreement():
+    items = [KnowledgeItem("falling left", "left", 1.0, 4, examples=["a", "b", "c", "d"]),
+             KnowledgeItem("falling right", "right", 1.0, 2, examples=["e", "f"])]
+    default = {"a": "left", "b": "left", "c": "right", "d": "left", "e": "right", "f": "right",
+               "g": "left", "h": "right", "i": "right"}
+    reworded = {**default, "a": "right", "b": "right"}
+    policy = TablePolicy(default, reworded)
+    assert reliability(policy, items) == pytest.approx(5 / 6)
+    # fresh texts: g (left, right), h (left, wrong), i (right, right); "a" is a source text and is skipped
+    fresh = {"falling left": ["g", "h", "a"], "falling right": ["i"]}
+    assert generalization(policy, items, fresh) == pytest.approx((2 / 3 + 3 / 6) / 2)
+    assert policy.prompt.style == "default"  # the reworded prompt is put back
+    assert reliability(policy, []) is None and generalization(policy, [], {}) is None
+
+
+def test_locality_probe_is_zero_untouched_and_sees_an_edit_land(tiny):
+    prompts = locality_prompts("eval")[:6]
+    probe = LocalityProbe(tiny, prompts, batch_size=4)  # two batches, left-padded
+    same = probe.measure()
+    assert same["locality_kl"] == pytest.approx(0.0, abs=1e-6) and same["locality_top1"] == 1.0
+    assert same["locality_prompts"] == 6
+    weight = tiny.model.lm_head.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+        changed = probe.measure()
+        # KL(before || after) of one prompt from a plain, unpadded forward agrees with the probe's
+        ids = tiny.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            after = torch.log_softmax(tiny.model(ids).logits[0, -1].float(), -1)
+        by_hand = float((probe.before[0].exp() * (probe.before[0] - after)).sum())
+        assert by_hand > 0
+        rows = probe._logprobs()
+        assert float((probe.before[0].exp() * (probe.before[0] - rows[0])).sum()) == pytest.approx(by_hand, rel=1e-3)
+        assert changed["locality_kl"] > 1e-4
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert probe.measure()["locality_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shipped_locality_prompts_are_enough_and_disjoint():
+    evaluation, train = locality_prompts("eval"), locality_prompts("train")
+    assert len(evaluation) >= 200 and not set(evaluation) & set(train)
+
+
+def test_environment_prompts_leave_out_uninstalled_environments(tiny, monkeypatch):
+    cards = metrics.all_cards()
+    broken = cards["Acrobot-v1"]
+
+    def missing(*args, **kwargs):
+        raise ImportError("no module named 'pretend_physics'")
+
+    monkeypatch.setattr(broken, "make_env", missing)
+    with pytest.warns(UserWarning, match="Acrobot-v1"):
+        prompts = environment_prompts(tiny.tokenizer, exclude="CartPole-v1", per_card=1)
+    assert len(prompts) == len(cards) - 2  # CartPole excluded, Acrobot missing
+    assert not any("Links at" in p for p in prompts) and any("Car at" in p for p in prompts)
