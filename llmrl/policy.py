@@ -55,12 +55,21 @@ class PolicyStats:
 
 
 class Policy:
-    """Chooses one action index (into the card's action words) per observation text."""
+    """Chooses one action index (into the card's action words) per observation text.
+
+    A policy that reads the raw observations instead (PPO) sets
+    ``reads_observations`` and implements :meth:`act_on_observations`; rollouts
+    and evaluation treat it the same otherwise.
+    """
 
     action_words: list[str]
     stats: PolicyStats
+    reads_observations: bool = False
 
     def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def act_on_observations(self, observations: list, slots: list[int]) -> list[int]:
         raise NotImplementedError
 
 

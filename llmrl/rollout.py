@@ -84,7 +84,10 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
             if step_budget is not None:
                 slots = slots[:max(step_budget - total_steps, 0)]
             seen = [card.text(running[s][2], envs[s]) for s in slots]
-            actions = policy.act([text for text, _ in seen], slots)
+            if policy.reads_observations:
+                actions = policy.act_on_observations([running[s][2] for s in slots], slots)
+            else:
+                actions = policy.act([text for text, _ in seen], slots)
             for slot, (text, situation), a in zip(slots, seen, actions):
                 ep, traj, _ = running[slot]
                 potential = card.potential(running[slot][2], envs[slot])
