@@ -1,4 +1,4 @@
-"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``envs``, ``bench throughput``.
+"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``ablate``, ``envs``, ``bench throughput``.
 
 Bad input of any kind ends in one ``llmrl: error: ...`` line and exit code 2;
 with ``--json`` the last line of stdout is one JSON object.
@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (YAML value; dots reach into mappings); repeatable")
     run.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+
+    ab = sub.add_parser("ablate", help="run an experiment grid (envs x strategies x seeds x models), resumable")
+    ab.add_argument("config", type=Path, help="YAML file of AblateConfig keys (see configs/experiments/)")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (YAML value; dots reach into mappings); repeatable")
+    ab.add_argument("--dry-run", action="store_true", dest="dry_run", help="list the runs and their status, run none")
+    ab.add_argument("--backend", choices=["local", "ray"], default="local")
+    ab.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    ab.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    ab.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
     envs = sub.add_parser("envs", help="list the environment cards")
     envs.add_argument("--json", action="store_true")
@@ -167,6 +177,34 @@ def cmd_run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_ablate(args: argparse.Namespace) -> dict:
+    from llmrl.ablate import ablate, expand, load_config, status
+
+    cfg = load_config(args.config, args.set)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.dry_run:
+        runs = [{"run_id": s.run_id, "status": status(cfg.out, s)} for s in expand(cfg)]
+        if not args.json:
+            for r in runs:
+                print(f"{r['status']:<7} {r['run_id']}")
+            print(f"{len(runs)} runs, {sum(r['status'] == 'ok' for r in runs)} done, results in {cfg.out}")
+        return {"runs": runs, "out": str(cfg.out)}
+
+    def show(record: dict, n: int, total: int) -> None:
+        if not args.json:
+            outcome = (f"return {record['final_mean_return']:.1f}" if record["status"] == "ok"
+                       else record["error"].strip().splitlines()[-1])
+            print(f"[{n}/{total}] {record['status']:<6} {record['run_id']}  {outcome}  "
+                  f"({record['wall_seconds']:.0f} s)", flush=True)
+
+    summary = ablate(cfg, args.backend, args.workers, args.address, on_record=show)
+    if not args.json:
+        print(f"{summary['ran']} runs done ({summary['failed']} failed), {summary['skipped']} already finished; "
+              f"results in {summary['out']}")
+    return summary
+
+
 def cmd_envs(args: argparse.Namespace) -> list:
     from llmrl.cards import all_cards
 
@@ -194,7 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return result
 
 
-COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "envs": cmd_envs, "bench": cmd_bench}
+COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "ablate": cmd_ablate, "envs": cmd_envs,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,352 @@
+"""Experiments: a grid of runs (environments x strategies x seeds x models), resumable, local or on Ray.
+
+An experiment YAML (:class:`AblateConfig`) expands to runs; each run is one
+(environment, strategy, seed, model) and produces one record, a JSON file in
+``OUT/runs/``. A record is written atomically (temporary file, fsync, rename)
+by the driver once the run returns, so killing the experiment at any moment
+loses at most the runs in flight; running the same command again skips every
+run whose record says ``ok`` and redoes the rest. A run that raises is
+recorded as ``failed`` with its traceback, and the grid goes on.
+
+Every strategy is measured on the same evaluation seeds by the same
+evaluator, and at the same environment-step budget: the editing loop's
+``iterations x steps_per_iteration`` is also PPO's training budget (unless
+``ppo.steps`` asks for more), evaluated every ``steps_per_iteration`` steps.
+
+Backends: worker processes on this machine (``--workers N``), or Ray
+(``--backend ray [--address ADDR]``), one Ray task per run with its CPU and GPU
+request. Both call :func:`execute`; only the scheduling differs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import signal
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from pydantic import Field
+
+from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
+from llmrl.errors import UsageError
+
+EDIT_STRATEGIES = ("context", "adapter", "weights")
+PROMPT_STRATEGIES = ("zero-shot", "few-shot", "chain-of-thought", "expert-hint")
+STRATEGIES = ("random",) + PROMPT_STRATEGIES + EDIT_STRATEGIES + ("ppo",)
+#: Packages whose versions every record carries.
+VERSIONED = ("llmrl", "torch", "transformers", "peft", "gymnasium", "stable-baselines3", "minigrid", "numpy")
+#: LoopConfig keys the experiment sets per run; a ``loop`` block may not set them.
+PER_RUN = {"env", "strategy", "seed", "model", "device", "dtype", "eval_episodes", "eval_max_steps",
+           "strategy_options", "out"}
+
+
+class PPOSettings(Strict):
+    #: Training steps; None means the editing loop's budget (iterations x steps_per_iteration).
+    steps: int | None = Field(None, ge=1)
+    #: Evaluate every this many steps; None means every steps_per_iteration.
+    eval_every: int | None = Field(None, ge=1)
+
+
+class AblateConfig(Strict):
+    """One experiment: the grid and the settings every run shares."""
+
+    envs: list[str] = Field(min_length=1)
+    strategies: list[Literal[STRATEGIES]] = Field(min_length=1)  # type: ignore[valid-type]
+    #: Seeds: a count (0..n-1) or an explicit list.
+    seeds: int | list[int] = 5
+    #: Model ids (None: the default model); random and ppo runs use none.
+    models: list[str | None] = Field(default_factory=lambda: [None])
+    device: str = "auto"
+    dtype: str = "auto"
+    eval_episodes: int = Field(20, ge=1)
+    eval_max_steps: int | None = Field(None, ge=1)
+    #: LoopConfig keys shared by the editing runs (iterations, steps_per_iteration, gamma, ...).
+    loop: dict[str, Any] = Field(default_factory=dict)
+    #: Per environment, overrides of ``loop`` (e.g. n_step for sparse-reward tasks).
+    env_loop: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Per editing strategy, its injector's options.
+    strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ppo: PPOSettings = Field(default_factory=PPOSettings)
+    #: Worker threads per run for torch (None: the machine's cores divided among the workers).
+    threads: int | None = Field(None, ge=1)
+    #: Ray resources per run.
+    ray_cpus: float = Field(1.0, gt=0)
+    ray_gpus: float = Field(0.0, ge=0)
+    out: Path = Path("results/experiment")
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, as plain data (it crosses process and Ray boundaries)."""
+
+    run_id: str
+    env: str
+    strategy: str
+    seed: int
+    model: str | None
+    config: dict[str, Any]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
+    values = apply_overrides(load_yaml(path), overrides or [])
+    return build(AblateConfig, values, source=f"experiment config {path}")
+
+
+def expand(cfg: AblateConfig) -> list[RunSpec]:
+    """The grid's runs in a stable order; fails fast on an unknown environment or a bad loop key."""
+    from llmrl.cards import get_card
+
+    bad = set(cfg.loop) & PER_RUN
+    if bad:
+        raise UsageError(f"the loop block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
+    specs = []
+    for env in cfg.envs:
+        get_card(env)
+        loop = {**cfg.loop, **cfg.env_loop.get(env, {})}
+        for strategy in cfg.strategies:
+            models = [None] if strategy in ("random", "ppo") else cfg.models
+            for model in models:
+                for seed in cfg.seed_list():
+                    config = _run_config(cfg, env, strategy, seed, model, loop)
+                    label = "none" if strategy in ("random", "ppo") else (model or "default")
+                    name = "__".join([env.replace("/", "-").replace(":", "-"), strategy, f"s{seed}",
+                                      label.replace("/", "-")])
+                    specs.append(RunSpec(name, env, strategy, seed, model, config))
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise UsageError("the grid has duplicate runs (repeated envs, strategies, seeds or models)")
+    return specs
+
+
+def _run_config(cfg: AblateConfig, env: str, strategy: str, seed: int, model: str | None,
+                loop: dict[str, Any]) -> dict[str, Any]:
+    """The resolved settings of one run; for editing runs, a validated LoopConfig."""
+    shared = {"env": env, "strategy": strategy, "seed": seed, "model": model, "device": cfg.device,
+              "dtype": cfg.dtype, "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps}
+    looped = build(LoopConfig, {**loop, **shared, "strategy": "context" if strategy not in EDIT_STRATEGIES
+                                else strategy, "strategy_options": cfg.strategy_options.get(strategy, {})},
+                   source=f"loop settings for {env}")
+    budget = looped.iterations * looped.steps_per_iteration
+    if strategy in EDIT_STRATEGIES:
+        return {**looped.model_dump(mode="json"), "out": None}
+    if strategy == "ppo":
+        return {**shared, "model": None, "total_steps": cfg.ppo.steps or budget,
+                "eval_every": cfg.ppo.eval_every or looped.steps_per_iteration, "n_envs": looped.n_envs}
+    return {**shared, "n_envs": looped.n_envs, "model": None if strategy == "random" else model}
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+
+def execute(spec: RunSpec, results: str, threads: int | None = None) -> dict[str, Any]:
+    """Run one grid cell and return its record; never raises (a failure is a record too)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {
+        "run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
+        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config, "versions": versions(),
+        "started": started, "host": platform.node(), "edit": None, "error": None,
+    }
+    try:
+        outcome = _RUNNERS[record["kind"]](spec, Path(results) / "runs" / spec.run_id)
+        record.update(outcome, status="ok")
+    except Exception:  # noqa: BLE001 - a failed run is recorded, and the grid goes on
+        record.update(status="failed", error=traceback.format_exc())
+    record["wall_seconds"] = time.perf_counter() - t0
+    return record
+
+
+def _kind(strategy: str) -> str:
+    if strategy in EDIT_STRATEGIES:
+        return "edit"
+    if strategy in PROMPT_STRATEGIES:
+        return "prompt"
+    return strategy  # random, ppo
+
+
+def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
+    return {"env_steps": env_steps, "mean_return": sum(returns) / len(returns), "returns": returns}
+
+
+def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    from llmrl.baselines import make_baseline
+    from llmrl.cards import get_card
+    from llmrl.evaluate import evaluate
+    from llmrl.loop import EVAL_SEED
+    from llmrl.models import load_model
+
+    c = spec.config
+    card, variant = get_card(spec.env)
+    lm = None if spec.strategy == "random" else load_model(spec.model, c["device"], c["dtype"])
+    policy = make_baseline(spec.strategy, card, lm, seed=spec.seed)
+    result, _ = evaluate(policy, card, spec.strategy, lm.name if lm else None, c["eval_episodes"],
+                         seed=EVAL_SEED + spec.seed * 1_000, n_envs=c["n_envs"], max_steps=c["eval_max_steps"],
+                         variant=variant, progress=False)
+    returns = result.summary()["returns"]
+    return {"model": lm.name if lm else None, "env_steps": 0, "curve": [_point(0, returns)],
+            "final_mean_return": result.mean_return, "final_returns": returns}
+
+
+def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    from llmrl.loop import run
+
+    cfg = LoopConfig(**{**spec.config, "out": folder})
+    rows: list[dict] = []
+    summary = run(cfg, progress=False, on_row=rows.append)
+    last = rows[-1]
+    edit = {k: summary[k] for k in ("reliability", "generalization", "locality_kl", "locality_top1",
+                                    "edit_seconds", "params_touched", "items")}
+    return {"model": summary["model"], "env_steps": summary["env_steps"],
+            "curve": [_point(r["env_steps"], r["eval_returns"]) for r in rows],
+            "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit}
+
+
+def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    from llmrl.baselines.ppo import train_ppo
+
+    c = spec.config
+    result = train_ppo(spec.env, spec.seed, c["total_steps"], eval_every=c["eval_every"],
+                       eval_episodes=c["eval_episodes"], eval_max_steps=c["eval_max_steps"], out=folder,
+                       device="cpu" if c["device"] == "auto" else c["device"])
+    return {"env_steps": result.env_steps, "curve": [_point(p["env_steps"], p["returns"]) for p in result.curve],
+            "final_mean_return": result.final_mean_return, "final_returns": result.final_returns,
+            "hyperparameters": result.hyperparameters}
+
+
+_RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {
+    "random": _run_baseline, "prompt": _run_baseline, "edit": _run_edit, "ppo": _run_ppo,
+}
+
+
+# -- records ------------------------------------------------------------------------------------------
+
+
+def record_path(results: Path, run_id: str) -> Path:
+    return results / "runs" / f"{run_id}.json"
+
+
+def write_record(results: Path, record: dict[str, Any]) -> Path:
+    """Atomically: a reader (or a resumed experiment) sees the whole record or none of it."""
+    path = record_path(results, record["run_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def status(results: Path, spec: RunSpec) -> str:
+    """``ok``, ``failed`` or ``todo`` (no record, or a record of another configuration)."""
+    try:
+        record = json.loads(record_path(results, spec.run_id).read_text())
+    except (OSError, ValueError):
+        return "todo"
+    if record.get("config") != spec.config:
+        return "todo"
+    return record.get("status", "todo")
+
+
+def fingerprint(specs: list[RunSpec]) -> str:
+    return hashlib.sha256(json.dumps([s.run_id for s in specs]).encode()).hexdigest()[:12]
+
+
+# -- backends -------------------------------------------------------------------------------------------
+
+
+def run_local(specs: list[RunSpec], results: Path, workers: int, threads: int | None) -> Iterator[dict]:
+    """Runs in this process (one worker) or in ``workers`` spawned processes; yields records as they finish."""
+    if workers == 1:
+        for spec in specs:
+            yield execute(spec, str(results), threads)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
+        pending: set[Future] = {pool.submit(execute, spec, str(results), threads) for spec in specs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the experiment dies, instead of running on unseen."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: float, gpus: float,
+            threads: int | None) -> Iterator[dict]:
+    """One Ray task per run with its resource request; records come back to the driver, which writes them."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}})
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
+    try:
+        pending = [task.remote(spec, str(results.resolve()), threads or max(1, int(cpus))) for spec in specs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address: str | None = None,
+           on_record: Callable[[dict, int, int], None] | None = None) -> dict[str, Any]:
+    """Run every unfinished run of the grid; returns counts and the results folder."""
+    specs = expand(cfg)
+    results = cfg.out
+    todo = [s for s in specs if status(results, s) != "ok"]
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "experiment.json").write_text(json.dumps(
+        {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)}, indent=1))
+    if backend == "local":
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+        records = run_local(todo, results, workers, threads)
+    elif backend == "ray":
+        records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads)
+    else:
+        raise UsageError(f"unknown backend {backend!r}; choose local or ray")
+    failed = 0
+    for n, record in enumerate(records, 1):
+        write_record(results, record)
+        failed += record["status"] == "failed"
+        if on_record:
+            on_record(record, n, len(todo))
+    return {"runs": len(specs), "skipped": len(specs) - len(todo), "ran": len(todo), "failed": failed,
+            "out": str(results)}

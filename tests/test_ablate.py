@@ -1,0 +1,145 @@
+"""Experiment grids: expansion, records, resumption, failure isolation, SIGKILL, local workers and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import llmrl.ablate as ablate_mod
+from llmrl.ablate import AblateConfig, ablate, expand, load_config, status
+from llmrl.cli import main
+from llmrl.errors import UsageError
+
+TINY_LOOP = {"iterations": 1, "steps_per_iteration": 48, "n_envs": 4, "min_support": 2, "z": 0.5, "locality": False}
+
+
+def grid(tmp_path: Path, **changes) -> Path:
+    values = {"envs": ["CartPole-v1"], "strategies": ["random", "zero-shot", "context"], "seeds": 2,
+              "models": ["tiny"], "device": "cpu", "eval_episodes": 2, "eval_max_steps": 20, "loop": TINY_LOOP,
+              "out": str(tmp_path / "out"), **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+
+
+def test_expand_lists_the_grid_with_resolved_configs(tmp_path):
+    cfg = load_config(grid(tmp_path, strategies=["random", "zero-shot", "context", "ppo"], seeds=[3, 5]))
+    specs = expand(cfg)
+    assert [s.run_id for s in specs] == [
+        "CartPole-v1__random__s3__none", "CartPole-v1__random__s5__none",
+        "CartPole-v1__zero-shot__s3__tiny", "CartPole-v1__zero-shot__s5__tiny",
+        "CartPole-v1__context__s3__tiny", "CartPole-v1__context__s5__tiny",
+        "CartPole-v1__ppo__s3__none", "CartPole-v1__ppo__s5__none"]
+    context, ppo = specs[4].config, specs[6].config
+    assert context["steps_per_iteration"] == 48 and context["strategy"] == "context" and context["seed"] == 3
+    assert ppo["total_steps"] == 48 and ppo["eval_every"] == 48 and ppo["model"] is None  # the loop's budget
+
+
+def test_env_loop_overrides_and_bad_grids(tmp_path):
+    cfg = load_config(grid(tmp_path, envs=["CartPole-v1", "MountainCar-v0"], strategies=["weights"], seeds=1,
+                           env_loop={"MountainCar-v0": {"n_step": 5}}))
+    assert [s.config["n_step"] for s in expand(cfg)] == [None, 5]
+    for changes, message in [({"envs": ["Nope-v0"]}, "no card"), ({"loop": {"seed": 3}}, "may not set seed"),
+                             ({"seeds": [1, 1]}, "duplicate"), ({"strategies": ["telepathy"]}, "strategies"),
+                             ({"loop": {"gamma": 7}}, "gamma")]:
+        with pytest.raises(UsageError, match=message):
+            expand(load_config(grid(tmp_path, **changes)))
+
+
+def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
+    path = grid(tmp_path)
+    assert main(["ablate", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary == {"runs": 6, "skipped": 0, "ran": 6, "failed": 0, "out": str(tmp_path / "out")}
+    got = records(tmp_path / "out")
+    assert len(got) == 6 and {r["status"] for r in got.values()} == {"ok"}
+    context = got["CartPole-v1__context__s0__tiny"]
+    assert context["kind"] == "edit" and context["model"] == "tiny" and context["env_steps"] == 48
+    assert [p["env_steps"] for p in context["curve"]] == [0, 48] and len(context["final_returns"]) == 2
+    assert set(context["edit"]) >= {"reliability", "generalization", "locality_kl", "edit_seconds"}
+    assert (tmp_path / "out" / "runs" / "CartPole-v1__context__s0__tiny" / "iterations.jsonl").exists()
+    zero = got["CartPole-v1__zero-shot__s1__tiny"]
+    assert zero["curve"][0]["env_steps"] == 0 and zero["final_mean_return"] == zero["curve"][0]["mean_return"]
+    assert zero["config"]["seed"] == 1 and {"python", "torch", "transformers", "gymnasium"} <= set(zero["versions"])
+    assert got["CartPole-v1__random__s0__none"]["model"] is None
+
+    assert main(["ablate", str(path), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert again["ran"] == 0 and again["skipped"] == 6
+    # a changed setting makes the affected runs unfinished again
+    assert main(["ablate", str(path), "--set", "eval_episodes=3", "--dry-run", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.splitlines()[-1])["runs"]
+    assert {r["status"] for r in listed} == {"todo"}
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    cfg = load_config(grid(tmp_path))
+    real = ablate_mod._RUNNERS["prompt"]
+
+    def flaky(spec, folder):
+        if spec.seed == 1:
+            raise RuntimeError("the model caught fire")
+        return real(spec, folder)
+
+    monkeypatch.setitem(ablate_mod._RUNNERS, "prompt", flaky)
+    summary = ablate(cfg)
+    assert summary["failed"] == 1 and summary["ran"] == 6
+    failed = records(cfg.out)["CartPole-v1__zero-shot__s1__tiny"]
+    assert failed["status"] == "failed" and "the model caught fire" in failed["error"] and "Traceback" in failed["error"]
+    monkeypatch.setitem(ablate_mod._RUNNERS, "prompt", real)
+    assert ablate(cfg) == {"runs": 6, "skipped": 5, "ran": 1, "failed": 0, "out": str(cfg.out)}
+    assert all(status(cfg.out, s) == "ok" for s in expand(cfg))
+
+
+def test_sigkill_loses_only_runs_in_flight_and_resume_finishes(tmp_path):
+    path = grid(tmp_path, strategies=["zero-shot"], seeds=6, eval_episodes=4, eval_max_steps=40)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "llmrl", "ablate", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while len(list((out / "runs").glob("*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = records(out)
+    assert 2 <= len(before) < 6, "the experiment was not killed mid-way"
+    assert all(r["status"] == "ok" for r in before.values())  # every record on disk is whole
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["skipped"] == len(before) and summary["ran"] == 6 - len(before) and summary["failed"] == 0
+    after = records(out)
+    assert len(after) == 6 and all(after[k] == v for k, v in before.items())  # finished runs left alone
+    assert not list((out / "runs").glob(".*.tmp"))
+
+
+def test_local_worker_processes(tmp_path):
+    cfg = load_config(grid(tmp_path, strategies=["random"], seeds=3))
+    assert ablate(cfg, workers=2)["failed"] == 0
+    assert sorted(records(cfg.out)) == [f"CartPole-v1__random__s{i}__none" for i in range(3)]
+
+
+def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path):
+    pytest.importorskip("ray")
+    cfg = load_config(grid(tmp_path, strategies=["random", "zero-shot"], seeds=2, ray_cpus=1))
+    summary = ablate(cfg, backend="ray")
+    assert summary == {"runs": 4, "skipped": 0, "ran": 4, "failed": 0, "out": str(cfg.out)}
+    got = records(cfg.out)
+    assert {r["status"] for r in got.values()} == {"ok"}
+    assert got["CartPole-v1__zero-shot__s1__tiny"]["config"]["seed"] == 1
+    # the same records as a local run of the same grid (same seeds, same evaluator)
+    local = AblateConfig(**{**cfg.model_dump(), "out": tmp_path / "local"})
+    ablate(local)
+    for run_id, record in records(tmp_path / "local").items():
+        assert record["final_returns"] == got[run_id]["final_returns"]
