@@ -1,0 +1,490 @@
+"""The experiment report behind ``llmrl report RESULTS_DIR``.
+
+An experiment folder holds one JSON record per run in ``RESULTS_DIR/runs/``.
+:func:`write_report` turns them into ``report.md`` (with the learning curves
+as PNG files beside it) and a self-contained ``report.html`` (the same content,
+figures embedded as base64, no external files or URLs), so one file can be
+mailed or attached to an issue.
+
+Per environment and strategy the headline number is the interquartile mean
+(IQM) of the runs' final returns with a 95 % stratified-bootstrap confidence
+interval, as rliable recommends for few-run RL comparisons: the IQM ignores
+the best and worst quarter of runs, so one lucky or crashed seed cannot decide
+a comparison, and the interval says when a difference is not separable.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.stats
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rliable import library as rly
+from rliable import metrics
+
+from llmrl.errors import UsageError
+
+STRATEGY_ORDER = ("random", "zero-shot", "few-shot", "chain-of-thought", "expert-hint",
+                  "context", "adapter", "weights", "ppo")
+PROMPT_BASELINES = ("zero-shot", "few-shot", "chain-of-thought", "expert-hint")
+EDIT_STRATEGIES = ("context", "adapter", "weights")
+# (key in the run record's "edit" object, column title, format)
+EDIT_METRICS = (("reliability", "reliability", "{:.2f}"), ("generalization", "generalization", "{:.2f}"),
+                ("locality_kl", "locality KL (nats)", "{:.2g}"), ("locality_top1", "top-1 agreement", "{:.3f}"),
+                ("edit_seconds", "edit seconds", "{:.1f}"), ("params_touched", "parameters touched", "{:,.0f}"))
+# Fixed so the same runs always give the same intervals. Against rliable's default
+# of 50,000 resamples, 2,000 moved the bounds by at most 5 % of the interval's width
+# on 5-10 runs, at about 0.1 s per cell instead of seconds.
+BOOTSTRAP_REPS = 2000
+BOOTSTRAP_SEED = 0
+MIN_RUNS_FOR_IQM = 4  # below this trim_mean cuts int(0.25 * n) = 0 runs per end
+COLOURS = dict(zip(STRATEGY_ORDER, ("#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2",
+                                    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run, its returns already on the report's scale (raw or normalised)."""
+
+    run_id: str
+    env: str
+    strategy: str
+    model: str | None
+    score: float  # final mean return over the evaluation episodes
+    steps: np.ndarray  # the learning curve's env_steps, ascending
+    curve: np.ndarray  # mean return at each of those steps
+    env_steps: float
+    wall_seconds: float
+    edit: dict | None
+
+
+@dataclass(frozen=True)
+class Stat:
+    """IQM and 95 % CI of one strategy's final scores on one environment."""
+
+    strategy: str
+    runs: int
+    iqm: float
+    lo: float
+    hi: float
+    env_steps: float
+    wall_seconds: float
+
+    def interval(self) -> str:
+        return f"{_num(self.iqm)} [{_num(self.lo)}, {_num(self.hi)}]"
+
+    def describe(self) -> str:
+        return f"{self.strategy} {self.interval()}"
+
+
+def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, float]] | None = None) -> dict:
+    """Write ``report.md``, its curve PNGs and ``report.html`` into ``results_dir``.
+
+    ``reference_scores`` maps an environment to ``(random_score, reference_score)``
+    (e.g. Atari human scores); returns on those environments are reported as
+    ``(x - random) / (reference - random)``, elsewhere as raw returns.
+
+    IQM with fewer than 4 runs: rliable's IQM is ``scipy.stats.trim_mean(x, 0.25)``,
+    which cuts ``int(0.25 * n)`` runs from each end, i.e. none for n < 4. It then
+    degrades to the plain mean, and the bootstrap interval over 2-3 runs is
+    coarse (over one run it has zero width). Such rows are marked ``*`` and any
+    comparison involving them is flagged as indicative only.
+
+    Returns JSON-ready data for the command line: the paths written, the winner
+    per environment and every table cell's numbers.
+    """
+    results_dir = Path(results_dir)
+    references = reference_scores or {}
+    runs, failed = _load_runs(results_dir, references)
+    envs = sorted({r.env for r in runs})
+    by_env = {env: [r for r in runs if r.env == env] for env in envs}
+    stats = {env: _strategy_stats(by_env[env]) for env in envs}
+
+    figures: list[_Figure] = []
+    env_blocks: list[_Block] = []
+    for env in envs:
+        score = "normalised score" if env in references else "final return"
+        env_blocks += [_Heading(2, env), _Table(
+            ["strategy", "runs", f"{score} IQM [95 % CI]", "env steps (mean)", "wall time (mean)"],
+            [[s.strategy, f"{s.runs}{'*' if s.runs < MIN_RUNS_FOR_IQM else ''}", s.interval(),
+              f"{s.env_steps:,.0f}", _duration(s.wall_seconds)] for s in stats[env]])]
+        figures.append(_Figure(f"{env}: {score} against environment steps", f"curves_{_slug(env)}.png",
+                               _plot_curves(env, by_env[env], stats[env], score.removeprefix("final "))))
+        env_blocks.append(figures[-1])
+        env_blocks += _edit_metrics_blocks(by_env[env])
+
+    winners = {env: _ranked(stats[env])[0].strategy for env in envs}
+    summary = [_summary(env, stats[env], by_env[env]) for env in envs]
+    if len(envs) > 1:
+        summary.append(_tally(winners, stats))
+    title = f"Experiment report: {results_dir.resolve().name}"
+    blocks: list[_Block] = [_Heading(1, title), _Para(_intro(runs, failed, envs)),
+                            _Heading(2, "Where each strategy wins"), _Bullets(summary or ["No finished runs."]),
+                            *env_blocks]
+    if failed:
+        blocks += [_Heading(2, "Failed runs (excluded from the statistics)"),
+                   _Bullets([f"{run_id}: {error}" for run_id, error in failed])]
+
+    md_path, html_path = results_dir / "report.md", results_dir / "report.html"
+    for fig in figures:
+        (results_dir / fig.name).write_bytes(fig.png)
+    md_path.write_text(_markdown(blocks))
+    html_path.write_text(_html(blocks, title))
+    return {
+        "markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures],
+        "winners": winners, "failed": [run_id for run_id, _ in failed],
+        "stats": {env: {s.strategy: {"runs": s.runs, "iqm": s.iqm, "ci": [s.lo, s.hi], "env_steps": s.env_steps,
+                                     "wall_seconds": s.wall_seconds} for s in stats[env]} for env in envs},
+    }
+
+
+# ---------------------------------------------------------------------------- reading runs
+
+def _load_runs(results_dir: Path, reference_scores: dict[str, tuple[float, float]]
+               ) -> tuple[list[Run], list[tuple[str, str]]]:
+    """Finished runs, and (run id, last error line) of the failed ones."""
+    paths = sorted((results_dir / "runs").glob("*.json"))
+    if not paths:
+        raise UsageError(f"no runs in {results_dir / 'runs'}: expected one JSON file per run there")
+    runs, failed = [], []
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a readable JSON run record ({exc})") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: a run record must be a JSON object")
+        if record.get("status") != "ok":
+            lines = [ln for ln in str(record.get("error") or "").splitlines() if ln.strip()]
+            failed.append((str(record.get("run_id", path.stem)), lines[-1].strip() if lines else "(no error text)"))
+            continue
+        try:
+            runs.append(_parse_run(record, reference_scores))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path}: missing or malformed field in run record ({exc!r})") from None
+    return runs, failed
+
+
+def _parse_run(record: dict, reference_scores: dict[str, tuple[float, float]]) -> Run:
+    env = record["env"]
+    scale = _scale(env, reference_scores.get(env))
+    points = sorted((float(p["env_steps"]), float(p["mean_return"])) for p in record["curve"])
+    if not points:
+        raise ValueError("empty curve")
+    return Run(run_id=str(record["run_id"]), env=env, strategy=record["strategy"], model=record.get("model"),
+               score=scale(float(record["final_mean_return"])),
+               steps=np.array([s for s, _ in points]), curve=np.array([scale(v) for _, v in points]),
+               env_steps=float(record["env_steps"]), wall_seconds=float(record["wall_seconds"]),
+               edit=record.get("edit"))
+
+
+def _scale(env: str, reference: tuple[float, float] | None) -> Callable[[float], float]:
+    """Identity, or the normalisation (x - random) / (reference - random)."""
+    if reference is None:
+        return lambda x: x
+    low, high = (float(v) for v in reference)
+    if high == low:
+        raise UsageError(f"reference scores for {env}: random and reference score are equal ({low})")
+    return lambda x: (x - low) / (high - low)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def _iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
+    """IQM and 95 % percentile-bootstrap CI of per-run scores (one task, so stratification is over runs).
+
+    rliable 1.2's StratifiedBootstrap ignores its ``random_state`` and resamples
+    with NumPy's global generator, so that generator is seeded here, and the
+    caller's state restored after, for the same intervals from the same runs.
+    """
+    state = np.random.get_state()
+    np.random.seed(BOOTSTRAP_SEED)
+    try:
+        point, interval = rly.get_interval_estimates(
+            {"x": np.asarray(scores, dtype=float).reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=BOOTSTRAP_REPS)
+    finally:
+        np.random.set_state(state)
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def _strategy_stats(runs: list[Run]) -> list[Stat]:
+    """One Stat per strategy that finished a run, in the fixed strategy order."""
+    out = []
+    for strategy in sorted({r.strategy for r in runs}, key=_order):
+        mine = [r for r in runs if r.strategy == strategy]
+        iqm, lo, hi = _iqm_ci(np.array([r.score for r in mine]))
+        out.append(Stat(strategy, len(mine), iqm, lo, hi, float(np.mean([r.env_steps for r in mine])),
+                        float(np.mean([r.wall_seconds for r in mine]))))
+    return out
+
+
+def _ranked(stats: list[Stat]) -> list[Stat]:
+    """Best IQM first; ties keep the fixed strategy order."""
+    return sorted(stats, key=lambda s: -s.iqm)
+
+
+def _order(strategy: str) -> tuple[int, str]:
+    """The fixed strategy order; unknown strategies after it, alphabetically."""
+    return (STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER), strategy)
+
+
+def _aligned(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' curves on one grid, shape (seeds, points).
+
+    The grid is the union of the seeds' env_steps inside the range every seed
+    covers, each curve linearly interpolated onto it, so every point of the
+    aggregate line is over the same seeds.
+    """
+    lo, hi = max(r.steps[0] for r in runs), min(r.steps[-1] for r in runs)
+    grid = np.unique(np.concatenate([r.steps for r in runs]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    return grid, np.array([np.interp(grid, r.steps, r.curve) for r in runs])
+
+
+# ---------------------------------------------------------------------------- summary text
+
+def _overlap(a: Stat, b: Stat) -> bool:
+    return a.lo <= b.hi and b.lo <= a.hi
+
+
+def _separable(a: Stat, b: Stat) -> bool:
+    """Intervals apart, each from enough runs for its interval to mean something."""
+    return not _overlap(a, b) and min(a.runs, b.runs) >= MIN_RUNS_FOR_IQM
+
+
+def _separation(a: Stat, b: Stat) -> str:
+    if _overlap(a, b):
+        return "CIs overlap: not separable"
+    if not _separable(a, b):
+        return "CIs do not overlap, but with fewer than 4 runs that is only indicative"
+    return "CIs do not overlap"
+
+
+def _summary(env: str, stats: list[Stat], runs: list[Run]) -> str:
+    """Winner, margin over the runner-up, best edit vs best prompt baseline, and vs PPO at equal steps."""
+    stats = _ranked(stats)
+    winner = stats[0]
+    if len(stats) == 1:
+        return f"{env}: only {winner.describe()} finished."
+    runner = stats[1]
+    parts = [f"{env}: {winner.describe()} wins, {_num(winner.iqm - runner.iqm)} above "
+             f"{runner.describe()}; {_separation(winner, runner)}."]
+    edits = [s for s in stats if s.strategy in EDIT_STRATEGIES]
+    prompts = [s for s in stats if s.strategy in PROMPT_BASELINES]
+    if edits and prompts:  # ranked, so [0] is the best of each group
+        parts.append(f"Best edited strategy {edits[0].describe()} vs best prompt baseline {prompts[0].describe()}: "
+                     f"{_num(edits[0].iqm - prompts[0].iqm, signed=True)}; {_separation(edits[0], prompts[0])}.")
+    ppo = [r for r in runs if r.strategy == "ppo"]
+    if edits and ppo:
+        parts.append(_versus_ppo(edits[0], ppo))
+    return " ".join(parts)
+
+
+def _versus_ppo(edit: Stat, ppo: list[Run]) -> str:
+    """Compare an edit strategy with PPO's curves interpolated at the edit runs' mean env steps."""
+    at = edit.env_steps
+    covering = [r for r in ppo if r.steps[0] <= at <= r.steps[-1]]
+    if not covering:
+        return (f"PPO's curves span {min(r.steps[0] for r in ppo):,.0f}-{max(r.steps[-1] for r in ppo):,.0f} "
+                f"env steps, so it cannot be compared with {edit.strategy} at {at:,.0f}.")
+    ppo_at = Stat("ppo", len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
+                  env_steps=at, wall_seconds=float("nan"))
+    return (f"At {edit.strategy}'s {at:,.0f} env steps PPO reaches {ppo_at.interval()} "
+            f"(curves of {ppo_at.runs} seeds interpolated): {edit.strategy} "
+            f"{_num(edit.iqm - ppo_at.iqm, signed=True)}; {_separation(edit, ppo_at)}.")
+
+
+def _tally(winners: dict[str, str], stats: dict[str, list[Stat]]) -> str:
+    """Wins per strategy over all environments, and where the win is clear of the runner-up's interval."""
+    counts = {w: sum(v == w for v in winners.values()) for w in sorted(set(winners.values()), key=_order)}
+    clear = [env for env, s in stats.items() if len(s) > 1 and _separable(*_ranked(s)[:2])]
+    return (f"Wins by IQM over {len(winners)} environments: "
+            + ", ".join(f"{w} {n}" for w, n in counts.items())
+            + f"; separable from the runner-up in {len(clear)} ({', '.join(clear) or 'none'}).")
+
+
+def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> str:
+    models = sorted({r.model for r in runs if r.model})
+    return (f"{_count(len(runs), 'finished run')} on {_count(len(envs), 'environment')}; {len(failed)} failed"
+            f"{' (listed at the end, excluded from the statistics)' if failed else ''}. "
+            f"Language model: {', '.join(models) or 'none'}. "
+            "A run's score is its final mean return over the evaluation episodes (normalised as "
+            "(x - random) / (reference - random) where reference scores are given). Per strategy the table gives "
+            f"the interquartile mean (IQM) over runs with a 95 % stratified-bootstrap confidence interval "
+            f"(rliable, percentile method, {BOOTSTRAP_REPS:,} resamples, seed {BOOTSTRAP_SEED}). "
+            "* marks fewer than 4 runs: nothing is trimmed then, so the IQM is the plain mean and the interval "
+            "is only indicative (zero width for a single run). Curves show the IQM over seeds with the "
+            "interquartile range shaded; prompt baselines and random, which do not learn, are dashed lines.")
+
+
+def _edit_metrics_blocks(runs: list[Run]) -> list[_Block]:
+    """Table of the edit strategies' metrics, mean over seeds; nothing when no edit runs finished."""
+    rows = []
+    for strategy in EDIT_STRATEGIES:
+        edits = [r.edit for r in runs if r.strategy == strategy and r.edit]
+        if edits:
+            means = [_mean_present([e.get(key) for e in edits]) for key, _, _ in EDIT_METRICS]
+            rows.append([strategy, str(len(edits))]
+                        + ["-" if np.isnan(m) else fmt.format(m) for m, (_, _, fmt) in zip(means, EDIT_METRICS)])
+    if not rows:
+        return []
+    return [_Para("Edit metrics (mean over seeds):"), _Table(["strategy", "runs"] + [t for _, t, _ in EDIT_METRICS],
+                                                            rows)]
+
+
+def _mean_present(values: list) -> float:
+    """Mean of the values that are not None (a metric a run did not measure); NaN if none are."""
+    present = [float(v) for v in values if v is not None]
+    return float(np.mean(present)) if present else float("nan")
+
+
+# ---------------------------------------------------------------------------- figures
+
+def _plot_curves(env: str, runs: list[Run], stats: list[Stat], score: str) -> bytes:
+    """PNG of return vs env steps: learners as IQM lines with IQR bands, non-learners as dashed levels."""
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)  # Agg without pyplot: no global backend switch, no GUI
+    ax = fig.add_subplot()
+    positive_steps = []
+    for stat in stats:
+        mine = [r for r in runs if r.strategy == stat.strategy]
+        colour = COLOURS.get(stat.strategy)
+        if all(len(r.steps) == 1 for r in mine):  # prompt baselines and random: one point at step 0
+            ax.axhline(stat.iqm, ls="--", lw=1.2, color=colour, label=stat.strategy)
+            continue
+        grid, values = _aligned(mine)
+        line = ax.plot(grid, scipy.stats.trim_mean(values, 0.25, axis=0), marker=".", lw=1.8, color=colour,
+                       label=f"{stat.strategy} (IQM of {len(mine)})")[0]
+        q1, q3 = np.percentile(values, [25, 75], axis=0)
+        ax.fill_between(grid, q1, q3, color=line.get_color(), alpha=0.2, lw=0)
+        positive_steps += [s for s in grid if s > 0]
+    ax.set(title=env, ylabel=score, xlabel="environment steps")
+    if not positive_steps:  # only dashed levels: an env-steps axis would suggest a range that was never run
+        ax.set(xticks=[], xlabel="no learning runs on this environment")
+    elif max(positive_steps) / min(positive_steps) > 20:
+        # PPO's tens of thousands of steps would squeeze edit runs' few thousand against the axis
+        ax.set_xscale("symlog", linthresh=min(positive_steps))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- rendering
+# The report is a list of blocks rendered twice, so markdown and HTML cannot drift apart.
+
+@dataclass(frozen=True)
+class _Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: list[str]
+    rows: list[list[str]]  # first column text, the others numbers (right-aligned)
+
+
+@dataclass(frozen=True)
+class _Figure:
+    alt: str
+    name: str  # PNG file name beside report.md
+    png: bytes
+
+
+_Block = _Heading | _Para | _Bullets | _Table | _Figure
+
+
+def _markdown(blocks: list[_Block]) -> str:
+    out = []
+    for block in blocks:
+        match block:
+            case _Heading(level, text):
+                out.append("#" * level + " " + _md(text))
+            case _Para(text):
+                out.append(_md(text))
+            case _Bullets(items):
+                out.append("\n".join("- " + _md(item) for item in items))
+            case _Table(header, rows):
+                out.append("\n".join(["| " + " | ".join(_md(h) for h in header) + " |",
+                                      "|---" + "|---:" * (len(header) - 1) + "|"]
+                                     + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]))
+            case _Figure(alt, name, _):
+                out.append(f"![{_md(alt)}]({name})")
+    return "\n\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    """Escape the characters that would turn plain text into markdown (run ids are full of ``__``)."""
+    return re.sub(r"([\\`*_<>|])", r"\\\1", text)
+
+
+def _html(blocks: list[_Block], title: str) -> str:
+    esc = html.escape
+    body = []
+    for block in blocks:
+        match block:
+            case _Heading(level, text):
+                body.append(f"<h{level}>{esc(text)}</h{level}>")
+            case _Para(text):
+                body.append(f"<p>{esc(text)}</p>")
+            case _Bullets(items):
+                body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>")
+            case _Table(header, rows):
+                body.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>"
+                            "<tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                                                for row in rows) + "</tbody></table>")
+            case _Figure(alt, _, png):
+                body.append(f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,'
+                            f'{base64.b64encode(png).decode("ascii")}"></figure>')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em}"
+             "td+td,th+th{text-align:right}th{background:#f3f3f3}img{max-width:100%}li{margin:.4em 0}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------- formatting
+
+def _num(x: float, signed: bool = False) -> str:
+    """Returns of hundreds keep one decimal; small returns and normalised scores two."""
+    return format(x, ("+" if signed else "") + (",.1f" if abs(x) >= 10 else ".2f"))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _slug(env: str) -> str:
+    """A file-name-safe form of an environment id (``ALE/Pong-v5`` -> ``ALE_Pong-v5``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", env)
