@@ -198,8 +198,7 @@ def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
 def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.baselines import make_baseline
     from llmrl.cards import get_card
-    from llmrl.evaluate import evaluate
-    from llmrl.loop import EVAL_SEED
+    from llmrl.evaluate import eval_seed, evaluate
     from llmrl.models import load_model
 
     c = spec.config
@@ -207,7 +206,7 @@ def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
     lm = None if spec.strategy == "random" else load_model(spec.model, c["device"], c["dtype"])
     policy = make_baseline(spec.strategy, card, lm, seed=spec.seed)
     result, _ = evaluate(policy, card, spec.strategy, lm.name if lm else None, c["eval_episodes"],
-                         seed=EVAL_SEED + spec.seed * 1_000, n_envs=c["n_envs"], max_steps=c["eval_max_steps"],
+                         seed=eval_seed(spec.seed), n_envs=c["n_envs"], max_steps=c["eval_max_steps"],
                          variant=variant, progress=False)
     returns = result.summary()["returns"]
     return {"model": lm.name if lm else None, "env_steps": 0, "curve": [_point(0, returns)],

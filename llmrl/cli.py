@@ -1,4 +1,4 @@
-"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``ablate``, ``envs``, ``bench throughput``.
+"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``ablate``, ``report``, ``envs``, ``bench throughput``.
 
 Bad input of any kind ends in one ``llmrl: error: ...`` line and exit code 2;
 with ``--json`` the last line of stdout is one JSON object.
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     ab.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     ab.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+
+    rep = sub.add_parser("report", help="write the Markdown and HTML report of an experiment's results")
+    rep.add_argument("results", type=Path, help="an experiment's results folder (holding runs/*.json)")
+    rep.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
     envs = sub.add_parser("envs", help="list the environment cards")
     envs.add_argument("--json", action="store_true")
@@ -205,6 +209,22 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_report(args: argparse.Namespace) -> dict:
+    from llmrl.report import write_report
+
+    result = write_report(args.results)
+    if not args.json:
+        for env, rows in result["stats"].items():
+            print(f"{env}\n  {'strategy':<17} {'runs':>4}  {'IQM final return [95% CI]':<30} {'env steps':>9}")
+            for strategy, st in rows.items():
+                ci = f"{st['iqm']:.1f} [{st['ci'][0]:.1f}, {st['ci'][1]:.1f}]"
+                print(f"  {strategy:<17} {st['runs']:>4}  {ci:<30} {st['env_steps']:>9,.0f}")
+        if result["failed"]:
+            print(f"{len(result['failed'])} failed runs are listed in the report")
+        print(f"report: {result['markdown']} and {result['html']}")
+    return result
+
+
 def cmd_envs(args: argparse.Namespace) -> list:
     from llmrl.cards import all_cards
 
@@ -232,7 +252,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return result
 
 
-COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "ablate": cmd_ablate, "envs": cmd_envs,
+COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "ablate": cmd_ablate, "report": cmd_report,
+            "envs": cmd_envs,
             "bench": cmd_bench}
 
 

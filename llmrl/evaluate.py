@@ -13,6 +13,15 @@ from llmrl.policy import Policy
 from llmrl.rollout import Trajectory, rollout
 
 
+#: Evaluation episodes are seeded apart from any training or feedback episodes.
+EVAL_SEED = 1_000_000
+
+
+def eval_seed(run_seed: int) -> int:
+    """First evaluation seed of a run: every strategy of a run seed plays the same evaluation episodes."""
+    return EVAL_SEED + 1_000 * run_seed
+
+
 @dataclass
 class EvalResult:
     env: str

@@ -24,16 +24,13 @@ from llmrl.baselines import baseline_prompt
 from llmrl.cards import Card, get_card
 from llmrl.config import LoopConfig
 from llmrl.errors import UsageError
-from llmrl.evaluate import evaluate
+from llmrl.evaluate import eval_seed, evaluate
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
 from llmrl.models import load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.rollout import rollout
-
-EVAL_SEED = 1_000_000
-
 
 def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
     """The injector of ``strategy``, built from the config's ``strategy_options``.
@@ -143,7 +140,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
 def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, probe: LocalityProbe | None,
               kb: KnowledgeBase, edit: Edit | None, it: int, env_steps: int, changes: dict) -> dict:
     result, trajectories = evaluate(policy, card, cfg.strategy, policy.lm.name, cfg.eval_episodes,
-                                    seed=EVAL_SEED + cfg.seed * 1_000, n_envs=cfg.n_envs,
+                                    seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
                                     max_steps=cfg.eval_max_steps, variant=variant, progress=False)
     items = list(kb.items.values())
     summary = result.summary()

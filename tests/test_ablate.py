@@ -82,6 +82,10 @@ def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
     assert main(["ablate", str(path), "--set", "eval_episodes=3", "--dry-run", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.splitlines()[-1])["runs"]
     assert {r["status"] for r in listed} == {"todo"}
+    # and the report reads the records
+    assert main(["report", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "CartPole-v1" in printed and "context" in printed and (tmp_path / "out" / "report.html").exists()
 
 
 def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):

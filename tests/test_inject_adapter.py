@@ -36,6 +36,8 @@ from llmrl.policy import LLMPolicy, RandomPolicy
 from llmrl.prompts import Prompt
 from llmrl.rollout import rollout
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORDS = ["push left", "no push", "push right"]
 #: Enough training for the random tiny model to learn the items: it needs its attention adapted to
 #: tell the situations apart, and its output layer gives logits too flat to lift one action while
@@ -60,15 +62,6 @@ ITEMS = [
         "Motionless vehicle resting quietly at the bottom ({x:.1f}).", "the car is standing still", 4)),
 ]
 ALL_TEXTS = [t for i in ITEMS for t in i.examples]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU ops run far slower on two threads when other processes share the cores (15x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

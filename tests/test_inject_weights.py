@@ -31,6 +31,8 @@ from llmrl.policy import LLMPolicy
 from llmrl.prompts import Prompt
 from tests.helpers import start_texts
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 INSTRUCTIONS = "You drive a car through a crossing."
 WORDS = ["stop", "go", "wait"]
 RED, GREEN, YELLOW = "the light is red", "the light is green", "the light is yellow"
@@ -38,15 +40,6 @@ TRAINED = {RED: "stop", GREEN: "go", YELLOW: "wait"}
 CHANGED = {RED: "go", GREEN: "wait", YELLOW: "stop"}
 #: Hyper-parameters for the tiny models: a small corpus, no norm limits, weak preservation.
 TINY = dict(stats_tokens=256, clamp=10.0, weight_decay=0.0, mom2_weight=10.0, steps=20)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

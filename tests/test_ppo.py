@@ -24,18 +24,12 @@ from llmrl.baselines.ppo import (
 from llmrl.cards import all_cards, get_card
 from llmrl.errors import UsageError
 from llmrl.evaluate import evaluate
-from llmrl.loop import EVAL_SEED
+from llmrl.evaluate import eval_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: Small rollouts (2 envs x 64 steps) so that a few hundred steps are a few updates.
 TINY = {"n_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +107,10 @@ def test_curve_points_and_evaluator_returns(cartpole):
     assert cartpole.final_mean_return == cartpole.curve[-1]["mean_return"]
     # The final point is the shared evaluator's, on the loop's evaluation seeds.
     card, _ = get_card("CartPole-v1")
-    again, trajectories = evaluate(cartpole.policy, card, "ppo", None, 4, seed=EVAL_SEED + 1_000, max_steps=100,
+    again, trajectories = evaluate(cartpole.policy, card, "ppo", None, 4, seed=eval_seed(1), max_steps=100,
                                    progress=False)
     assert again.returns == cartpole.final_returns
-    assert [t.seed for t in trajectories] == [EVAL_SEED + 1_000 + i for i in range(4)]
+    assert [t.seed for t in trajectories] == [eval_seed(1) + i for i in range(4)]
     assert cartpole.policy.stats.decisions >= sum(again.lengths)
 
 

@@ -41,8 +41,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from llmrl.cards import Card, get_card
 from llmrl.config import Strict, build, load_yaml
 from llmrl.errors import UsageError
-from llmrl.evaluate import evaluate
-from llmrl.loop import EVAL_SEED
+from llmrl.evaluate import eval_seed, evaluate
 from llmrl.policy import Policy, PolicyStats
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "ppo"
@@ -274,7 +273,7 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
     """Train PPO on ``env``'s card for ``total_steps`` environment steps and evaluate it along the way.
 
     ``hyperparameters`` override the card's file (:func:`load_hyperparameters`).
-    Evaluation episode i is reset with seed ``EVAL_SEED + 1000 * seed + i``, as
+    Evaluation episode i is reset with seed ``eval_seed(seed) + i``, as
     in the editing loop, far from the training seeds ``seed .. seed + n_envs - 1``.
     With ``out``, it writes TensorBoard logs, ``ppo.zip``, ``policy.safetensors``
     and ``ppo.json`` there.
@@ -305,7 +304,7 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
         out.mkdir(parents=True, exist_ok=True)
     model = PPO(hp.policy, vec, seed=seed, device=device, verbose=0,
                 tensorboard_log=str(out / "tensorboard") if out else None, **hp.ppo_kwargs())
-    evaluations = _Evaluations(env, card, variant, EVAL_SEED + seed * 1_000, eval_every, total_steps,
+    evaluations = _Evaluations(env, card, variant, eval_seed(seed), eval_every, total_steps,
                                eval_episodes, eval_max_steps)
     try:
         model.learn(total_steps, callback=evaluations, progress_bar=progress)
