@@ -35,8 +35,11 @@ test: model chromium
 test-all: model chromium
 	LLMRL_SLOW=1 $(VENV)/bin/pytest -q -ra
 
+# the main job: the CartPole ablation of every strategy (3 seeds, about 15 minutes on 2 cores);
+# rerunning resumes, skipping finished runs
 demo: model
-	$(PY) scripts/demo.py
+	$(LLMRL) ablate configs/experiments/cartpole-demo.yaml
+	$(LLMRL) report results/cartpole-demo
 
 bench: model
 	$(LLMRL) bench throughput --env CartPole-v1
