@@ -85,11 +85,12 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed,
                        default_action=card.action_words.index(card.default_action_word))
-    probe = LocalityProbe.for_card(lm, card) if cfg.locality else None
+    probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
     kb = KnowledgeBase(Extraction(cfg.gamma, cfg.z, cfg.min_support, max_examples=cfg.max_examples,
                                   preference_margin=cfg.preference_margin, pool=cfg.pool, erase_z=cfg.erase_z,
                                   n_step=cfg.n_step))
     writer = SummaryWriter(str(out / "tensorboard"))
+    locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     rows: list[dict] = []
     edit: Edit | None = None
     env_steps = 0
@@ -99,6 +100,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
             for it in range(cfg.iterations + 1):
                 t0 = time.perf_counter()
                 changes = {"insert": [], "modify": [], "retain": [], "erase": []}
+                touched = False
                 if it > 0:
                     explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it)
                     feedback = rollout(explorer, card, episodes=cfg.steps_per_iteration,
@@ -106,13 +108,16 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
                                        step_budget=cfg.steps_per_iteration)
                     env_steps += sum(t.length for t in feedback)
                     changes = kb.update(feedback, policy, it)
-                    if injector is not None and any(changes.values()):
+                    touched = injector is not None and any(changes.values())
+                    if touched:
                         if edit is not None:
                             edit.undo()
                             edit = None
                         if kb.items:
                             edit = injector.inject(policy, list(kb.items.values()))
-                row = _evaluate(cfg, card, variant, policy, probe, kb, edit, it, env_steps, changes)
+                if probe and touched:  # otherwise the model is the one last measured, and so is its locality
+                    locality = probe.measure()
+                row = _evaluate(cfg, card, variant, policy, kb, edit, it, env_steps, changes, locality)
                 row["wall_seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 _log(writer, out, row)
@@ -137,8 +142,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     }
 
 
-def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, probe: LocalityProbe | None,
-              kb: KnowledgeBase, edit: Edit | None, it: int, env_steps: int, changes: dict) -> dict:
+def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, kb: KnowledgeBase,
+              edit: Edit | None, it: int, env_steps: int, changes: dict, locality: dict | None) -> dict:
     result, trajectories = evaluate(policy, card, cfg.strategy, policy.lm.name, cfg.eval_episodes,
                                     seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
                                     max_steps=cfg.eval_max_steps, variant=variant, progress=False)
@@ -155,7 +160,7 @@ def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolic
         "edit_info": _jsonable(edit.info) if edit else {},
         "decisions_per_s": summary["decisions_per_s"], "cache_hit_rate": summary["cache_hit_rate"],
     }
-    row.update(probe.measure() if probe else {"locality_kl": None, "locality_top1": None})
+    row.update(locality or {"locality_kl": None, "locality_top1": None})
     return row
 
 

@@ -24,7 +24,7 @@ import gymnasium as gym
 import torch
 
 from llmrl.cards import Card, all_cards
-from llmrl.knowledge import KnowledgeItem
+from llmrl.knowledge import KnowledgeItem, spread
 from llmrl.models import LoadedModel
 from llmrl.policy import LLMPolicy
 from llmrl.prompts import card_prompt, render
@@ -95,8 +95,15 @@ class LocalityProbe:
         self.before = self._logprobs()
 
     @classmethod
-    def for_card(cls, lm: LoadedModel, card: Card) -> "LocalityProbe":
-        return cls(lm, locality_prompts("eval") + environment_prompts(lm.tokenizer, card.env_id))
+    def for_card(cls, lm: LoadedModel, card: Card, limit: int | None = None) -> "LocalityProbe":
+        """The shipped held-out prompts plus the other cards' prompts; ``limit`` keeps that many, spread
+        evenly over both (a cheaper, coarser probe for quick runs)."""
+        prompts = locality_prompts("eval") + environment_prompts(lm.tokenizer, card.env_id)
+        return cls(lm, spread(prompts, limit) if limit else prompts)
+
+    def unchanged(self) -> dict[str, float]:
+        """The measurement of the model the probe was built on, which is exact without a forward."""
+        return {"locality_kl": 0.0, "locality_top1": 1.0, "locality_prompts": len(self.prompts)}
 
     @torch.inference_mode()
     def _logprobs(self) -> torch.Tensor:

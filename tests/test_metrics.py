@@ -87,3 +87,12 @@ def test_environment_prompts_leave_out_uninstalled_environments(tiny, monkeypatc
         prompts = environment_prompts(tiny.tokenizer, exclude="CartPole-v1", per_card=1)
     assert len(prompts) == len(cards) - 2  # CartPole excluded, Acrobot missing
     assert not any("Links at" in p for p in prompts) and any("Car at" in p for p in prompts)
+
+
+def test_a_limited_probe_spreads_over_shipped_and_environment_prompts(tiny):
+    from llmrl.cards import get_card
+
+    probe = LocalityProbe.for_card(tiny, get_card("CartPole-v1")[0], limit=20)
+    assert len(probe.prompts) == 20 and probe.unchanged()["locality_prompts"] == 20
+    assert probe.prompts[0] == locality_prompts("eval")[0] and "Situation:" in probe.prompts[-1]
+    assert probe.measure()["locality_kl"] == pytest.approx(probe.unchanged()["locality_kl"], abs=1e-6)
