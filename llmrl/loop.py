@@ -81,6 +81,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    (out / "iterations.jsonl").unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed,

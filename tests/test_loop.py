@@ -39,6 +39,9 @@ def test_run_writes_rows_items_and_tensorboard(tmp_path, capsys):
     assert (summary["reliability"] is None) == (rows[-1]["items"] == 0)
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "out" / "config.json").read_text())["strategy_options"] == {"demos": 1}
+    # a rerun into the same folder replaces the log instead of appending to it
+    assert main(["run", str(cfg), "--set", f"out={tmp_path / 'out'}", "--set", "iterations=1", "--json"]) == 0
+    assert len((tmp_path / "out" / "iterations.jsonl").read_text().splitlines()) == 2
 
 
 def test_overrides_reach_into_mappings():
