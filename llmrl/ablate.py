@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import Field
 
+from llmrl.baselines import BASELINES, PROMPT_BASELINES
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
 
 EDIT_STRATEGIES = ("context", "adapter", "weights")
-PROMPT_STRATEGIES = ("zero-shot", "few-shot", "chain-of-thought", "expert-hint")
-STRATEGIES = ("random",) + PROMPT_STRATEGIES + EDIT_STRATEGIES + ("ppo",)
+#: Every strategy a grid can hold, in the order reports list them.
+STRATEGIES = BASELINES + EDIT_STRATEGIES + ("ppo",)
 #: Packages whose versions every record carries.
 VERSIONED = ("llmrl", "torch", "transformers", "peft", "gymnasium", "stable-baselines3", "minigrid", "numpy")
 #: LoopConfig keys the experiment sets per run; a ``loop`` block may not set them.
@@ -186,7 +187,7 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> dict[str
 def _kind(strategy: str) -> str:
     if strategy in EDIT_STRATEGIES:
         return "edit"
-    if strategy in PROMPT_STRATEGIES:
+    if strategy in PROMPT_BASELINES:
         return "prompt"
     return strategy  # random, ppo
 

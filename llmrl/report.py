@@ -31,12 +31,10 @@ from matplotlib.figure import Figure
 from rliable import library as rly
 from rliable import metrics
 
+from llmrl.ablate import EDIT_STRATEGIES, STRATEGIES as STRATEGY_ORDER
+from llmrl.baselines import PROMPT_BASELINES
 from llmrl.errors import UsageError
 
-STRATEGY_ORDER = ("random", "zero-shot", "few-shot", "chain-of-thought", "expert-hint",
-                  "context", "adapter", "weights", "ppo")
-PROMPT_BASELINES = ("zero-shot", "few-shot", "chain-of-thought", "expert-hint")
-EDIT_STRATEGIES = ("context", "adapter", "weights")
 # (key in the run record's "edit" object, column title, format)
 EDIT_METRICS = (("reliability", "reliability", "{:.2f}"), ("generalization", "generalization", "{:.2f}"),
                 ("locality_kl", "locality KL (nats)", "{:.2g}"), ("locality_top1", "top-1 agreement", "{:.3f}"),
