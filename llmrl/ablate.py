@@ -210,7 +210,8 @@ def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
                          seed=eval_seed(spec.seed), n_envs=c["n_envs"], max_steps=c["eval_max_steps"],
                          variant=variant, progress=False)
     returns = result.summary()["returns"]
-    return {"model": lm.name if lm else None, "env_steps": 0, "curve": [_point(0, returns)],
+    runtime = {"device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")} if lm else None
+    return {"model": lm.name if lm else None, "runtime": runtime, "env_steps": 0, "curve": [_point(0, returns)],
             "final_mean_return": result.mean_return, "final_returns": returns}
 
 
@@ -223,7 +224,8 @@ def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
     last = rows[-1]
     edit = {k: summary[k] for k in ("reliability", "generalization", "locality_kl", "locality_top1",
                                     "edit_seconds", "params_touched", "items")}
-    return {"model": summary["model"], "env_steps": summary["env_steps"],
+    return {"model": summary["model"], "runtime": {k: summary[k] for k in ("device", "dtype")},
+            "env_steps": summary["env_steps"],
             "curve": [_point(r["env_steps"], r["eval_returns"]) for r in rows],
             "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit}
 
