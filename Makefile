@@ -35,7 +35,7 @@ test: model chromium
 test-all: model chromium
 	LLMRL_SLOW=1 $(VENV)/bin/pytest -q -ra
 
-# the main job: the CartPole ablation of every strategy (3 seeds, about 15 minutes on 2 cores);
+# the main job: the CartPole ablation of every strategy (3 seeds, about 9 minutes on 2 cores);
 # rerunning resumes, skipping finished runs
 demo: model
 	$(LLMRL) ablate configs/experiments/cartpole-demo.yaml
