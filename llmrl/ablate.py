@@ -47,7 +47,7 @@ STRATEGIES = BASELINES + EDIT_STRATEGIES + ("ppo",)
 #: Packages whose versions every record carries.
 VERSIONED = ("llmrl", "torch", "transformers", "peft", "gymnasium", "stable-baselines3", "minigrid", "numpy")
 #: LoopConfig keys the experiment sets per run; a ``loop`` block may not set them.
-PER_RUN = {"env", "strategy", "seed", "model", "device", "dtype", "eval_episodes", "eval_max_steps",
+PER_RUN = {"env", "strategy", "seed", "model", "device", "dtype", "eval_episodes", "eval_max_steps", "portability",
            "strategy_options", "out"}
 
 
@@ -71,6 +71,8 @@ class AblateConfig(Strict):
     dtype: str = "auto"
     eval_episodes: int = Field(20, ge=1)
     eval_max_steps: int | None = Field(None, ge=1)
+    #: Also evaluate every run's final policy on the card's other variants (DESIGN's portability).
+    portability: bool = True
     #: LoopConfig keys shared by the editing runs (iterations, steps_per_iteration, gamma, ...).
     loop: dict[str, Any] = Field(default_factory=dict)
     #: Per environment, overrides of ``loop`` (e.g. n_step for sparse-reward tasks).
@@ -136,7 +138,8 @@ def _run_config(cfg: AblateConfig, env: str, strategy: str, seed: int, model: st
                 loop: dict[str, Any]) -> dict[str, Any]:
     """The resolved settings of one run; for editing runs, a validated LoopConfig."""
     shared = {"env": env, "strategy": strategy, "seed": seed, "model": model, "device": cfg.device,
-              "dtype": cfg.dtype, "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps}
+              "dtype": cfg.dtype, "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps,
+              "portability": cfg.portability}
     looped = build(LoopConfig, {**loop, **shared, "strategy": "context" if strategy not in EDIT_STRATEGIES
                                 else strategy, "strategy_options": cfg.strategy_options.get(strategy, {})},
                    source=f"loop settings for {env}")
@@ -199,7 +202,7 @@ def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
 def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.baselines import make_baseline
     from llmrl.cards import get_card
-    from llmrl.evaluate import eval_seed, evaluate
+    from llmrl.evaluate import eval_seed, evaluate, portability
     from llmrl.models import load_model
 
     c = spec.config
@@ -211,8 +214,10 @@ def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
                          variant=variant, progress=False)
     returns = result.summary()["returns"]
     runtime = {"device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")} if lm else None
+    ported = portability(policy, card, variant, c["eval_episodes"], seed=eval_seed(spec.seed), n_envs=c["n_envs"],
+                         max_steps=c["eval_max_steps"]) if c["portability"] else None
     return {"model": lm.name if lm else None, "runtime": runtime, "env_steps": 0, "curve": [_point(0, returns)],
-            "final_mean_return": result.mean_return, "final_returns": returns}
+            "final_mean_return": result.mean_return, "final_returns": returns, "portability": ported}
 
 
 def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
@@ -227,19 +232,25 @@ def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
     return {"model": summary["model"], "runtime": {k: summary[k] for k in ("device", "dtype")},
             "env_steps": summary["env_steps"],
             "curve": [_point(r["env_steps"], r["eval_returns"]) for r in rows],
-            "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit}
+            "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit,
+            "portability": summary["portability"]}
 
 
 def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.baselines.ppo import train_ppo
+    from llmrl.cards import get_card
+    from llmrl.evaluate import eval_seed, portability
 
     c = spec.config
     result = train_ppo(spec.env, spec.seed, c["total_steps"], eval_every=c["eval_every"],
                        eval_episodes=c["eval_episodes"], eval_max_steps=c["eval_max_steps"], out=folder,
                        device="cpu" if c["device"] == "auto" else c["device"])
+    card, variant = get_card(spec.env)
+    ported = portability(result.policy, card, variant, c["eval_episodes"], seed=eval_seed(spec.seed),
+                         n_envs=c["n_envs"], max_steps=c["eval_max_steps"]) if c["portability"] else None
     return {"env_steps": result.env_steps, "curve": [_point(p["env_steps"], p["returns"]) for p in result.curve],
             "final_mean_return": result.final_mean_return, "final_returns": result.final_returns,
-            "hyperparameters": result.hyperparameters}
+            "hyperparameters": result.hyperparameters, "portability": ported}
 
 
 _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {

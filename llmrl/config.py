@@ -99,6 +99,8 @@ class LoopConfig(Strict):
     eval_episodes: int = Field(20, ge=1)
     eval_max_steps: int | None = Field(None, ge=1)
     locality: bool = True
+    #: After the last iteration, evaluate on each of the card's other variants (portability).
+    portability: bool = True
     #: Probe locality on only this many prompts, spread evenly (None: all ~260); for quick runs.
     locality_prompts: int | None = Field(None, ge=1)
     #: Keyword arguments of the strategy's injector (see llmrl/inject/<strategy>.py).

@@ -78,3 +78,37 @@ def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, ep
         fallback_rate=rate(policy.stats.fallbacks, before[2]),
     )
     return result, trajectories
+
+
+def portability(policy: Policy, card: Card, trained_on: str | None, episodes: int, seed: int = 0,
+                n_envs: int = 1, max_steps: int | None = None) -> dict[str, dict]:
+    """Return on every variant of ``card`` other than ``trained_on``: DESIGN's portability metric.
+
+    Knowledge drawn from one physics or game mode may or may not carry over to
+    another; the variants (heavier pole, larger lake, ...) measure that. Each
+    variant maps to ``{"mean_return", "returns"}``. A policy that reads raw
+    observations (PPO) cannot play a variant whose observation space differs
+    from the one it was trained on; such a variant maps to ``{"skipped": why}``.
+    """
+    out: dict[str, dict] = {}
+    if not card.variants:
+        return out
+    trained_space = _observation_space(card, trained_on) if policy.reads_observations else None
+    for name in card.variants:
+        if name == trained_on:
+            continue
+        if trained_space is not None and (space := _observation_space(card, name)) != trained_space:
+            out[name] = {"skipped": f"observation space {space} differs from the trained {trained_space}"}
+            continue
+        result, _ = evaluate(policy, card, f"portability:{name}", None, episodes, seed=seed, n_envs=n_envs,
+                             max_steps=max_steps, variant=name, progress=False)
+        out[name] = {"mean_return": result.mean_return, "returns": result.returns}
+    return out
+
+
+def _observation_space(card: Card, variant: str | None):
+    env = card.make_env(variant)
+    try:
+        return env.observation_space
+    finally:
+        env.close()

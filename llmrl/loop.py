@@ -24,7 +24,7 @@ from llmrl.baselines import baseline_prompt
 from llmrl.cards import Card, get_card
 from llmrl.config import LoopConfig
 from llmrl.errors import UsageError
-from llmrl.evaluate import eval_seed, evaluate
+from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
@@ -119,6 +119,10 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
                 if probe and touched:  # otherwise the model is the one last measured, and so is its locality
                     locality = probe.measure()
                 row = _evaluate(cfg, card, variant, policy, kb, edit, it, env_steps, changes, locality)
+                if it == cfg.iterations and cfg.portability:
+                    row["portability"] = portability(policy, card, variant, cfg.eval_episodes,
+                                                     seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
+                                                     max_steps=cfg.eval_max_steps)
                 row["wall_seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 _log(writer, out, row)
@@ -139,7 +143,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
         "initial_mean_return": rows[0]["eval_mean_return"], "items": len(kb.items),
         "reliability": last["reliability"], "generalization": last["generalization"],
         "locality_kl": last["locality_kl"], "locality_top1": last["locality_top1"],
-        "edit_seconds": last["edit_seconds"], "params_touched": last["params_touched"], "out": str(out),
+        "edit_seconds": last["edit_seconds"], "params_touched": last["params_touched"],
+        "portability": last.get("portability"), "out": str(out),
     }
 
 

@@ -63,6 +63,8 @@ class Run:
     env_steps: float
     wall_seconds: float
     edit: dict | None
+    #: Final mean return (raw, never normalised) on each card variant the run was evaluated on.
+    portability: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
                                _plot_curves(env, by_env[env], stats[env], score.removeprefix("final "))))
         env_blocks.append(figures[-1])
         env_blocks += _edit_metrics_blocks(by_env[env])
+        env_blocks += _portability_blocks(by_env[env])
 
     winners = {env: _ranked(stats[env])[0].strategy for env in envs}
     summary = [_summary(env, stats[env], by_env[env]) for env in envs]
@@ -182,7 +185,9 @@ def _parse_run(record: dict, reference_scores: dict[str, tuple[float, float]]) -
                score=scale(float(record["final_mean_return"])),
                steps=np.array([s for s, _ in points]), curve=np.array([scale(v) for _, v in points]),
                env_steps=float(record["env_steps"]), wall_seconds=float(record["wall_seconds"]),
-               edit=record.get("edit"))
+               edit=record.get("edit"),
+               portability={name: float(v["mean_return"]) for name, v in (record.get("portability") or {}).items()
+                            if "mean_return" in v})
 
 
 def _scale(env: str, reference: tuple[float, float] | None) -> Callable[[float], float]:
@@ -338,6 +343,24 @@ def _edit_metrics_blocks(runs: list[Run]) -> list[_Block]:
         return []
     return [_Para("Edit metrics (mean over seeds):"), _Table(["strategy", "runs"] + [t for _, t, _ in EDIT_METRICS],
                                                             rows)]
+
+
+def _portability_blocks(runs: list[Run]) -> list[_Block]:
+    """Per strategy, IQM [95 % CI] of the final return on each card variant; nothing without variants."""
+    variants = sorted({name for r in runs for name in r.portability})
+    if not variants:
+        return []
+    rows = []
+    for strategy in sorted({r.strategy for r in runs}, key=_order):
+        cells = []
+        for name in variants:
+            scores = np.array([r.portability[name] for r in runs if r.strategy == strategy and name in r.portability])
+            cells.append(Stat(strategy, len(scores), *_iqm_ci(scores), 0.0, 0.0).interval() if len(scores) else "-")
+        if any(c != "-" for c in cells):
+            rows.append([strategy] + cells)
+    return [_Para("Portability: final return on the card's variants, unnormalised (IQM [95 % CI]; "
+                  "'-' where a policy could not play the variant):"),
+            _Table(["strategy"] + variants, rows)]
 
 
 def _mean_present(values: list) -> float:

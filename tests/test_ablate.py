@@ -74,6 +74,9 @@ def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
     assert zero["curve"][0]["env_steps"] == 0 and zero["final_mean_return"] == zero["curve"][0]["mean_return"]
     assert zero["config"]["seed"] == 1 and {"python", "torch", "transformers", "gymnasium"} <= set(zero["versions"])
     assert got["CartPole-v1__random__s0__none"]["model"] is None
+    assert zero["runtime"] == {"device": "cpu", "dtype": "float32"} and context["runtime"] == zero["runtime"]
+    for run in got.values():  # every strategy also played CartPole's one variant
+        assert set(run["portability"]) == {"heavy-long-pole"} and len(run["portability"]["heavy-long-pole"]["returns"]) == 2
 
     assert main(["ablate", str(path), "--json"]) == 0
     again = json.loads(capsys.readouterr().out.splitlines()[-1])

@@ -34,6 +34,9 @@ def test_run_writes_rows_items_and_tensorboard(tmp_path, capsys):
     assert rows[0]["items"] == 0 and rows[0]["locality_kl"] == pytest.approx(0.0, abs=1e-6)
     assert rows[-1]["locality_kl"] == pytest.approx(0.0, abs=1e-6)  # context edits never touch the model
     assert rows[-1]["locality_prompts"] >= 200
+    # portability: the last iteration's policy also played the card's variant, with the same episode count
+    assert "portability" not in rows[0] and summary["portability"] == rows[-1]["portability"]
+    assert len(summary["portability"]["heavy-long-pole"]["returns"]) == BASE["eval_episodes"]
     items = json.loads((tmp_path / "out" / "items.json").read_text())
     assert len(items["items"]) == rows[-1]["items"]
     assert (summary["reliability"] is None) == (rows[-1]["items"] == 0)

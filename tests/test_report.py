@@ -87,6 +87,12 @@ def make_results(root: Path) -> Path:
                 kind = "random" if strategy == "random" else "prompt"
                 records.append(record(env, strategy, seed, [(0, final)], kind))
     records += [record("MountainCar-v0", "ppo", seed, ppo_curve(seed), "ppo") for seed in range(5)]
+    for r in records:  # CartPole's variant: context ported at 100..140, zero-shot at 9; PPO could not play one
+        if r["env"] == "CartPole-v1" and r["strategy"] in ("context", "zero-shot"):
+            ported = 100.0 + 10 * r["seed"] if r["strategy"] == "context" else 9.0
+            r["portability"] = {"heavy-long-pole": {"mean_return": ported, "returns": [ported]}}
+        if r["strategy"] == "ppo":
+            r["portability"] = {"8x8": {"skipped": "observation space Discrete(64) differs"}}
     failed = record("CartPole-v1", "context", 5, [(0, 9.35)], "edit")
     failed.update(status="failed", curve=[], final_mean_return=None,
                   error='Traceback (most recent call last):\n  File "loop.py", line 3\n'
@@ -132,6 +138,19 @@ def test_tables_print_those_numbers(report):
         "random", "zero-shot", "few-shot", "context", "adapter", "weights"]
     # edit metrics: mean over seeds (reliability 1.0, 0.9, ..., 0.6 -> 0.80 for five context seeds)
     assert re.search(r"^\| context \| 5 \| 0\.80 \| 0\.90 \| 0\.0004 \| 0\.980 \| 4\.0 \| 4,423,658 \|$", md, re.M)
+
+
+def test_portability_table(report):
+    md = Path(report["markdown"]).read_text()
+    cartpole = md.split("## CartPole-v1")[1].split("\n## ")[0]
+    table = cartpole.split("Portability: final return on the card's variants")[1]
+    rows = re.findall(r"^\| ([a-z-]+) \| (.*) \|$", table, flags=re.M)
+    assert rows[0] == ("strategy", "heavy-long-pole")
+    ctx = dict(rows)["context"]
+    assert ctx.startswith(f"{iqm([100.0, 110.0, 120.0, 130.0, 140.0]):.1f} [")  # IQM 120.0 over five seeds
+    assert dict(rows)["zero-shot"] == "9.00 [9.00, 9.00]"
+    assert {s for s, _ in rows[1:]} == {"zero-shot", "context"}  # no row for strategies without variant returns
+    assert "Portability" not in md.split("## MountainCar-v0")[1].split("\n## ")[0]  # PPO's was skipped
 
 
 def test_winner_text(report):

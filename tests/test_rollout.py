@@ -9,7 +9,7 @@ import pytest
 from llmrl.baselines import baseline_prompt, few_shot_examples, make_baseline
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
-from llmrl.evaluate import evaluate
+from llmrl.evaluate import evaluate, portability
 from llmrl.policy import Policy, PolicyStats
 from llmrl.rollout import load_trajectories, rollout, save_trajectories
 
@@ -53,6 +53,32 @@ def test_evaluate_summary_is_reproducible():
     assert runs[0]["episodes"] == len(runs[0]["returns"]) == 5
     assert runs[0]["mean_return"] == pytest.approx(sum(runs[0]["returns"]) / 5)
     assert runs[0]["decisions"] == sum(runs[0]["lengths"])
+
+
+class FirstObservationAction(FirstWord):
+    """Like FirstWord, but reads raw observations, as PPO does."""
+
+    reads_observations = True
+
+    def act_on_observations(self, observations, slots):
+        return self.act([""] * len(observations))
+
+
+def test_portability_plays_the_other_variants():
+    card, _ = get_card("CartPole-v1")
+    got = portability(FirstWord(card.action_words), card, None, episodes=3, seed=11, n_envs=2)
+    direct = evaluate(FirstWord(card.action_words), card, "x", None, episodes=3, seed=11, n_envs=2,
+                      variant="heavy-long-pole", progress=False)[0]
+    default = evaluate(FirstWord(card.action_words), card, "x", None, episodes=3, seed=11, progress=False)[0]
+    assert got == {"heavy-long-pole": {"mean_return": direct.mean_return, "returns": direct.returns}}
+    assert direct.returns != default.returns  # the heavier, longer pole falls at another pace
+    assert portability(FirstWord(card.action_words), card, "heavy-long-pole", episodes=3) == {}
+    # a policy reading raw observations cannot play a lake of another size; a text policy can
+    lake, _ = get_card("FrozenLake-v1")
+    skipped = portability(FirstObservationAction(lake.action_words), lake, None, episodes=2)
+    assert set(skipped) == {"8x8", "not-slippery"} and "observation space Discrete(64)" in skipped["8x8"]["skipped"]
+    assert len(skipped["not-slippery"]["returns"]) == 2  # same 4x4 grid: playable
+    assert len(portability(FirstWord(lake.action_words), lake, None, episodes=2)["8x8"]["returns"]) == 2
 
 
 def test_trajectory_file_round_trip_and_few_shot(tmp_path):
