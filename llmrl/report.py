@@ -123,7 +123,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         env_blocks += _edit_metrics_blocks(by_env[env])
         env_blocks += _portability_blocks(by_env[env])
 
-    winners = {env: _ranked(stats[env])[0].strategy for env in envs}
+    winners = {env: _winner(stats[env]) for env in envs}
     summary = [_summary(env, stats[env], by_env[env]) for env in envs]
     if len(envs) > 1:
         summary.append(_tally(winners, stats))
@@ -273,6 +273,12 @@ def _separation(a: Stat, b: Stat) -> str:
     return "CIs do not overlap"
 
 
+def _winner(stats: list[Stat]) -> str | None:
+    """The strategy with the highest IQM; None when several share it (e.g. all score 0)."""
+    ranked = _ranked(stats)
+    return None if len(ranked) > 1 and ranked[1].iqm == ranked[0].iqm else ranked[0].strategy
+
+
 def _summary(env: str, stats: list[Stat], runs: list[Run]) -> str:
     """Winner, margin over the runner-up, best edit vs best prompt baseline, and vs PPO at equal steps."""
     stats = _ranked(stats)
@@ -280,8 +286,12 @@ def _summary(env: str, stats: list[Stat], runs: list[Run]) -> str:
     if len(stats) == 1:
         return f"{env}: only {winner.describe()} finished."
     runner = stats[1]
-    parts = [f"{env}: {winner.describe()} wins, {_num(winner.iqm - runner.iqm)} above "
-             f"{runner.describe()}; {_separation(winner, runner)}."]
+    if _winner(stats) is None:
+        tied = [s.strategy for s in stats if s.iqm == winner.iqm]
+        parts = [f"{env}: no winner; {len(tied)} strategies tie at IQM {_num(winner.iqm)} ({', '.join(tied)})."]
+    else:
+        parts = [f"{env}: {winner.describe()} wins, {_num(winner.iqm - runner.iqm)} above "
+                 f"{runner.describe()}; {_separation(winner, runner)}."]
     edits = [s for s in stats if s.strategy in EDIT_STRATEGIES]
     prompts = [s for s in stats if s.strategy in PROMPT_BASELINES]
     if edits and prompts:  # ranked, so [0] is the best of each group
@@ -307,13 +317,17 @@ def _versus_ppo(edit: Stat, ppo: list[Run]) -> str:
             f"{_num(edit.iqm - ppo_at.iqm, signed=True)}; {_separation(edit, ppo_at)}.")
 
 
-def _tally(winners: dict[str, str], stats: dict[str, list[Stat]]) -> str:
+def _tally(winners: dict[str, str | None], stats: dict[str, list[Stat]]) -> str:
     """Wins per strategy over all environments, and where the win is clear of the runner-up's interval."""
-    counts = {w: sum(v == w for v in winners.values()) for w in sorted(set(winners.values()), key=_order)}
+    won = {w for w in winners.values() if w is not None}
+    counts = {w: sum(v == w for v in winners.values()) for w in sorted(won, key=_order)}
+    ties = [env for env, w in winners.items() if w is None]
     clear = [env for env, s in stats.items() if len(s) > 1 and _separable(*_ranked(s)[:2])]
-    return (f"Wins by IQM over {len(winners)} environments: "
-            + ", ".join(f"{w} {n}" for w, n in counts.items())
-            + f"; separable from the runner-up in {len(clear)} ({', '.join(clear) or 'none'}).")
+    parts = [f"{w} {n}" for w, n in counts.items()]
+    if ties:
+        parts.append(f"no winner {len(ties)} ({', '.join(ties)})")
+    return (f"Wins by IQM over {len(winners)} environments: {', '.join(parts)}; "
+            f"separable from the runner-up in {len(clear)} ({', '.join(clear) or 'none'}).")
 
 
 def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> str:

@@ -66,6 +66,8 @@ FINALS = {
     ("MountainCar-v0", "context"): [-150.0, -140.0, -160.0, -145.0, -155.0],
     ("ALE/Pong-v5", "random"): [-20.7],
     ("ALE/Pong-v5", "few-shot"): [-5.0, -3.0, 0.0, -8.0],
+    ("FrozenLake-v1", "random"): [0.0] * 5,  # nobody reaches the goal: a tie, not a win for random
+    ("FrozenLake-v1", "zero-shot"): [0.0] * 5,
 }
 
 
@@ -154,7 +156,8 @@ def test_portability_table(report):
 
 
 def test_winner_text(report):
-    assert report["winners"] == {"ALE/Pong-v5": "few-shot", "CartPole-v1": "context", "MountainCar-v0": "ppo"}
+    assert report["winners"] == {"ALE/Pong-v5": "few-shot", "CartPole-v1": "context", "FrozenLake-v1": None,
+                                 "MountainCar-v0": "ppo"}
     md = Path(report["markdown"]).read_text()
     summary = md.split("## Where each strategy wins")[1].split("\n## ")[0]
     cart = next(line for line in summary.splitlines() if line.startswith("- CartPole-v1"))
@@ -169,8 +172,9 @@ def test_winner_text(report):
     ppo_at = iqm([-200.0 + (90.0 - 2 * s) * 2_000 / 100_000 for s in range(5)])
     assert f"At context's 2,000 env steps PPO reaches {ppo_at:.1f} [" in mc
     assert f"context {-150.0 - ppo_at:+.1f}; CIs do not overlap" in mc
-    assert "Wins by IQM over 3 environments: few-shot 1, context 1, ppo 1; separable from the runner-up in 1 " \
-           "(MountainCar-v0)" in summary
+    assert "- FrozenLake-v1: no winner; 2 strategies tie at IQM 0.00 (random, zero-shot)." in summary
+    assert "Wins by IQM over 4 environments: few-shot 1, context 1, ppo 1, no winner 1 (FrozenLake-v1); " \
+           "separable from the runner-up in 1 (MountainCar-v0)" in summary
 
 
 def test_failed_run_listed_and_excluded(report):
@@ -186,7 +190,7 @@ def test_failed_run_listed_and_excluded(report):
 def test_html_is_self_contained_and_markdown_links_the_pngs(report):
     html = Path(report["html"]).read_text()
     sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", html)
-    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"https?://|file:|<link|<script", html)
     md = Path(report["markdown"]).read_text()
     for png_path, src in zip(report["figures"], sources):
