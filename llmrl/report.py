@@ -45,6 +45,8 @@ EDIT_METRICS = (("reliability", "reliability", "{:.2f}"), ("generalization", "ge
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 MIN_RUNS_FOR_IQM = 4  # below this trim_mean cuts int(0.25 * n) = 0 runs per end
+# Hollow markers of decreasing size: curves that coincide (e.g. all at the cap) stay visible.
+MARKERS = {"context": ("o", 10), "adapter": ("s", 7), "weights": ("^", 5), "ppo": ("D", 4)}
 COLOURS = dict(zip(STRATEGY_ORDER, ("#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2",
                                     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
 
@@ -387,7 +389,7 @@ def _mean_present(values: list) -> float:
 
 def _plot_curves(env: str, runs: list[Run], stats: list[Stat], score: str) -> bytes:
     """PNG of return vs env steps: learners as IQM lines with IQR bands, non-learners as dashed levels."""
-    fig = Figure(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(9.5, 4.5), dpi=100)
     FigureCanvasAgg(fig)  # Agg without pyplot: no global backend switch, no GUI
     ax = fig.add_subplot()
     positive_steps = []
@@ -398,8 +400,9 @@ def _plot_curves(env: str, runs: list[Run], stats: list[Stat], score: str) -> by
             ax.axhline(stat.iqm, ls="--", lw=1.2, color=colour, label=stat.strategy)
             continue
         grid, values = _aligned(mine)
-        line = ax.plot(grid, scipy.stats.trim_mean(values, 0.25, axis=0), marker=".", lw=1.8, color=colour,
-                       label=f"{stat.strategy} (IQM of {len(mine)})")[0]
+        marker, size = MARKERS.get(stat.strategy, (".", 6))
+        line = ax.plot(grid, scipy.stats.trim_mean(values, 0.25, axis=0), marker=marker, ms=size, mfc="none",
+                       lw=1.8, color=colour, label=f"{stat.strategy} (IQM of {len(mine)})")[0]
         q1, q3 = np.percentile(values, [25, 75], axis=0)
         ax.fill_between(grid, q1, q3, color=line.get_color(), alpha=0.2, lw=0)
         positive_steps += [s for s in grid if s > 0]
@@ -410,7 +413,7 @@ def _plot_curves(env: str, runs: list[Run], stats: list[Stat], score: str) -> by
         # PPO's tens of thousands of steps would squeeze edit runs' few thousand against the axis
         ax.set_xscale("symlog", linthresh=min(positive_steps))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
