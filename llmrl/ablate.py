@@ -33,13 +33,17 @@ from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from pydantic import Field
 
 from llmrl.baselines import BASELINES, PROMPT_BASELINES
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmrl.cards import Card
+    from llmrl.policy import Policy
 
 EDIT_STRATEGIES = ("context", "adapter", "weights")
 #: Every strategy a grid can hold, in the order reports list them.
@@ -202,7 +206,7 @@ def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
 def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.baselines import make_baseline
     from llmrl.cards import get_card
-    from llmrl.evaluate import eval_seed, evaluate, portability
+    from llmrl.evaluate import eval_seed, evaluate
     from llmrl.models import load_model
 
     c = spec.config
@@ -213,11 +217,20 @@ def _run_baseline(spec: RunSpec, folder: Path) -> dict[str, Any]:
                          seed=eval_seed(spec.seed), n_envs=c["n_envs"], max_steps=c["eval_max_steps"],
                          variant=variant, progress=False)
     returns = result.summary()["returns"]
-    runtime = {"device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch.")} if lm else None
-    ported = portability(policy, card, variant, c["eval_episodes"], seed=eval_seed(spec.seed), n_envs=c["n_envs"],
-                         max_steps=c["eval_max_steps"]) if c["portability"] else None
-    return {"model": lm.name if lm else None, "runtime": runtime, "env_steps": 0, "curve": [_point(0, returns)],
-            "final_mean_return": result.mean_return, "final_returns": returns, "portability": ported}
+    return {"model": lm.name if lm else None, "runtime": lm.runtime if lm else None, "env_steps": 0,
+            "curve": [_point(0, returns)], "final_mean_return": result.mean_return, "final_returns": returns,
+            "portability": _portability(spec, policy, card, variant)}
+
+
+def _portability(spec: RunSpec, policy: Policy, card: Card, variant: str | None) -> dict | None:
+    """The final policy's returns on the card's other variants, on the run's evaluation settings."""
+    from llmrl.evaluate import eval_seed, portability
+
+    c = spec.config
+    if not c["portability"]:
+        return None
+    return portability(policy, card, variant, c["eval_episodes"], seed=eval_seed(spec.seed), n_envs=c["n_envs"],
+                       max_steps=c["eval_max_steps"])
 
 
 def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
@@ -229,7 +242,7 @@ def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
     last = rows[-1]
     edit = {k: summary[k] for k in ("reliability", "generalization", "locality_kl", "locality_top1",
                                     "edit_seconds", "params_touched", "items")}
-    return {"model": summary["model"], "runtime": {k: summary[k] for k in ("device", "dtype")},
+    return {"model": summary["model"], "runtime": summary["runtime"],
             "env_steps": summary["env_steps"],
             "curve": [_point(r["env_steps"], r["eval_returns"]) for r in rows],
             "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit,
@@ -239,18 +252,16 @@ def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
 def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.baselines.ppo import train_ppo
     from llmrl.cards import get_card
-    from llmrl.evaluate import eval_seed, portability
 
     c = spec.config
     result = train_ppo(spec.env, spec.seed, c["total_steps"], eval_every=c["eval_every"],
                        eval_episodes=c["eval_episodes"], eval_max_steps=c["eval_max_steps"], out=folder,
                        device="cpu" if c["device"] == "auto" else c["device"])
     card, variant = get_card(spec.env)
-    ported = portability(result.policy, card, variant, c["eval_episodes"], seed=eval_seed(spec.seed),
-                         n_envs=c["n_envs"], max_steps=c["eval_max_steps"]) if c["portability"] else None
     return {"env_steps": result.env_steps, "curve": [_point(p["env_steps"], p["returns"]) for p in result.curve],
             "final_mean_return": result.final_mean_return, "final_returns": result.final_returns,
-            "hyperparameters": result.hyperparameters, "portability": ported}
+            "hyperparameters": result.hyperparameters,
+            "portability": _portability(spec, result.policy, card, variant)}
 
 
 _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {

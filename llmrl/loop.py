@@ -138,7 +138,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     last = rows[-1]
     return {
         "env": card.key + (f":{variant}" if variant else ""), "strategy": cfg.strategy, "model": lm.name,
-        "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."), "seed": cfg.seed, "iterations": cfg.iterations, "env_steps": env_steps,
+        "runtime": lm.runtime, "seed": cfg.seed, "iterations": cfg.iterations, "env_steps": env_steps,
         "final_mean_return": last["eval_mean_return"], "final_std_return": last["eval_std_return"],
         "initial_mean_return": rows[0]["eval_mean_return"], "items": len(kb.items),
         "reliability": last["reliability"], "generalization": last["generalization"],

@@ -54,6 +54,11 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """Where and in what precision the model runs, as run records store it."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -195,8 +200,7 @@ def model_info(loaded: LoadedModel) -> dict:
         "layers": getattr(cfg, "num_hidden_layers", None),
         "hidden_size": getattr(cfg, "hidden_size", None),
         "vocab_size": getattr(cfg, "vocab_size", None),
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
+        **loaded.runtime,
         "chat_template": loaded.tokenizer.chat_template is not None,
         "load_seconds": round(getattr(loaded.model, "llmrl_load_seconds", 0.0), 3),
     }
