@@ -11,7 +11,10 @@ recorded as ``failed`` with its traceback, and the grid goes on.
 Every strategy is measured on the same evaluation seeds by the same
 evaluator, and at the same environment-step budget: the editing loop's
 ``iterations x steps_per_iteration`` is also PPO's training budget (unless
-``ppo.steps`` asks for more), evaluated every ``steps_per_iteration`` steps.
+``ppo.steps`` asks for more, when PPO is evaluated at that budget too),
+evaluated every ``steps_per_iteration`` steps. ``ppo`` reads the environment's
+own observation (OCAtari's object vector on Atari), ``ppo-pixels`` the card's
+``pixels`` observation.
 
 Backends: worker processes on this machine (``--workers N``), or Ray
 (``--backend ray [--address ADDR]``), one Ray task per run with its CPU and GPU
@@ -35,7 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmrl.baselines import BASELINES, PROMPT_BASELINES
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
@@ -47,7 +50,9 @@ if TYPE_CHECKING:
 
 EDIT_STRATEGIES = ("context", "adapter", "weights")
 #: Every strategy a grid can hold, in the order reports list them.
-STRATEGIES = BASELINES + EDIT_STRATEGIES + ("ppo",)
+#: PPO learners and the card observation each reads (None: the environment's own).
+PPO_OBSERVATIONS: dict[str, str | None] = {"ppo": None, "ppo-pixels": "pixels"}
+STRATEGIES = BASELINES + EDIT_STRATEGIES + tuple(PPO_OBSERVATIONS)
 #: Packages whose versions every record carries.
 VERSIONED = ("llmrl", "torch", "transformers", "peft", "gymnasium", "stable-baselines3", "minigrid", "numpy")
 #: LoopConfig keys the experiment sets per run; a ``loop`` block may not set them.
@@ -62,6 +67,19 @@ class PPOSettings(Strict):
     eval_every: int | None = Field(None, ge=1)
 
 
+class ReferenceScores(Strict):
+    """An environment's reference scores; the report gives (x - random) / (human - random)."""
+
+    random: float
+    human: float
+
+    @model_validator(mode="after")
+    def _apart(self) -> ReferenceScores:
+        if self.human == self.random:
+            raise ValueError(f"human and random scores are equal ({self.random}); nothing to normalise by")
+        return self
+
+
 class AblateConfig(Strict):
     """One experiment: the grid and the settings every run shares."""
 
@@ -69,7 +87,7 @@ class AblateConfig(Strict):
     strategies: list[Literal[STRATEGIES]] = Field(min_length=1)  # type: ignore[valid-type]
     #: Seeds: a count (0..n-1) or an explicit list.
     seeds: int | list[int] = 5
-    #: Model ids (None: the default model); random and ppo runs use none.
+    #: Model ids (None: the default model); random and PPO runs use none.
     models: list[str | None] = Field(default_factory=lambda: [None])
     device: str = "auto"
     dtype: str = "auto"
@@ -84,6 +102,8 @@ class AblateConfig(Strict):
     #: Per editing strategy, its injector's options.
     strategy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ppo: PPOSettings = Field(default_factory=PPOSettings)
+    #: Per environment, scores the report normalises by (Atari: random and human scores from the literature).
+    reference_scores: dict[str, ReferenceScores] = Field(default_factory=dict)
     #: Worker threads per run for torch (None: the machine's cores divided among the workers).
     threads: int | None = Field(None, ge=1)
     #: Ray resources per run.
@@ -119,16 +139,22 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
     bad = set(cfg.loop) & PER_RUN
     if bad:
         raise UsageError(f"the loop block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
+    for env in cfg.reference_scores:
+        get_card(env)  # a typo in an environment name fails here, not as a silently raw report
     specs = []
     for env in cfg.envs:
-        get_card(env)
+        card, _ = get_card(env)
         loop = {**cfg.loop, **cfg.env_loop.get(env, {})}
         for strategy in cfg.strategies:
-            models = [None] if strategy in ("random", "ppo") else cfg.models
+            observation = PPO_OBSERVATIONS.get(strategy)
+            if observation and observation not in card.observations:
+                raise UsageError(f"{strategy} needs the {observation!r} observation, which card {card.key} lacks")
+            modelless = strategy == "random" or strategy in PPO_OBSERVATIONS
+            models = [None] if modelless else cfg.models
             for model in models:
                 for seed in cfg.seed_list():
                     config = _run_config(cfg, env, strategy, seed, model, loop)
-                    label = "none" if strategy in ("random", "ppo") else (model or "default")
+                    label = "none" if modelless else (model or "default")
                     name = "__".join([env.replace("/", "-").replace(":", "-"), strategy, f"s{seed}",
                                       label.replace("/", "-")])
                     specs.append(RunSpec(name, env, strategy, seed, model, config))
@@ -150,9 +176,16 @@ def _run_config(cfg: AblateConfig, env: str, strategy: str, seed: int, model: st
     budget = looped.iterations * looped.steps_per_iteration
     if strategy in EDIT_STRATEGIES:
         return {**looped.model_dump(mode="json"), "out": None}
-    if strategy == "ppo":
-        return {**shared, "model": None, "total_steps": cfg.ppo.steps or budget,
-                "eval_every": cfg.ppo.eval_every or looped.steps_per_iteration, "n_envs": looped.n_envs}
+    if strategy in PPO_OBSERVATIONS:
+        total = cfg.ppo.steps or budget
+        run = {**shared, "model": None, "total_steps": total,
+               "eval_every": cfg.ppo.eval_every or looped.steps_per_iteration, "n_envs": looped.n_envs}
+        # Keys only where they differ from plain PPO at the loop's budget, so earlier records still match.
+        if PPO_OBSERVATIONS[strategy]:
+            run["observation"] = PPO_OBSERVATIONS[strategy]
+        if total != budget:
+            run["eval_also_at"] = budget
+        return run
     return {**shared, "n_envs": looped.n_envs, "model": None if strategy == "random" else model}
 
 
@@ -196,7 +229,7 @@ def _kind(strategy: str) -> str:
         return "edit"
     if strategy in PROMPT_BASELINES:
         return "prompt"
-    return strategy  # random, ppo
+    return "ppo" if strategy in PPO_OBSERVATIONS else strategy  # random, ppo
 
 
 def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
@@ -256,7 +289,8 @@ def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
     c = spec.config
     result = train_ppo(spec.env, spec.seed, c["total_steps"], eval_every=c["eval_every"],
                        eval_episodes=c["eval_episodes"], eval_max_steps=c["eval_max_steps"], out=folder,
-                       device="cpu" if c["device"] == "auto" else c["device"])
+                       device="cpu" if c["device"] == "auto" else c["device"], observation=c.get("observation"),
+                       eval_also_at=c.get("eval_also_at"))
     card, variant = get_card(spec.env)
     return {"env_steps": result.env_steps, "curve": [_point(p["env_steps"], p["returns"]) for p in result.curve],
             "final_mean_return": result.final_mean_return, "final_returns": result.final_returns,

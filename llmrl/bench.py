@@ -71,14 +71,18 @@ def naive_loop(lm: LoadedModel, env: str, steps: int, max_new_tokens: int = 8) -
 
 
 def policy_loop(lm: LoadedModel, env: str, steps: int, n_envs: int) -> dict:
-    """Decisions/s of the zero-shot llmrl policy playing whole episodes until ``steps`` decisions."""
+    """Decisions/s of the zero-shot llmrl policy playing episodes until ``steps`` decisions.
+
+    Episodes run whole, except that play stops at ``steps`` (an Atari episode is thousands of decisions).
+    """
     card, variant = get_card(env)
     policy = make_baseline("zero-shot", card, lm)
     assert isinstance(policy, LLMPolicy)
     t0 = time.perf_counter()
     seed, suffix_tokens = 0, []
     while policy.stats.decisions < steps:
-        trajectories = rollout(policy, card, episodes=n_envs, seed=seed, n_envs=n_envs, variant=variant)
+        trajectories = rollout(policy, card, episodes=n_envs, seed=seed, n_envs=n_envs, variant=variant,
+                               step_budget=steps - policy.stats.decisions)
         seed += n_envs
         suffix_tokens += [len(policy.suffix_ids(s.text)) for t in trajectories for s in t.steps[:1]]
     wall = time.perf_counter() - t0

@@ -65,6 +65,11 @@ class Card:
     variants: ClassVar[dict[str, Variant]] = {}
     #: Modules to import before ``gym.make`` (they register the environments).
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Cards of one family share settings files (``configs/ppo/<family>.yaml``).
+    family: ClassVar[str | None] = None
+    #: Other observations :meth:`make_env` can give than the environment's own (e.g. "pixels" for Atari),
+    #: for policies that read observations rather than texts.
+    observations: ClassVar[tuple[str, ...]] = ()
 
     @property
     def key(self) -> str:
@@ -105,8 +110,8 @@ class Card:
             raise ValueError(f"card {self.key} returned situation {sit!r}, which its situations list lacks")
         return f"{self.describe(obs, env)} Situation: {sit}.", sit
 
-    def make_env(self, variant: str | None = None, **kwargs: Any) -> gym.Env:
-        """Make the Gymnasium environment, optionally in one of the variants."""
+    def make_env(self, variant: str | None = None, observation: str | None = None, **kwargs: Any) -> gym.Env:
+        """Make the Gymnasium environment, optionally in one of the variants and with another observation."""
         for module in self.requires:
             importlib.import_module(module)
         spec = Variant("", {}, {})
@@ -115,11 +120,18 @@ class Card:
                 known = ", ".join(self.variants) or "none"
                 raise UsageError(f"card {self.key} has no variant {variant!r} (variants: {known})")
             spec = self.variants[variant]
-        env = gym.make(self.env_id, **{**self.make_kwargs, **spec.make_kwargs, **kwargs})
+        if observation is not None and observation not in self.observations:
+            known = ", ".join(self.observations) or "only the environment's own"
+            raise UsageError(f"card {self.key} gives no {observation!r} observation (it gives {known})")
+        env = self.build({**self.make_kwargs, **spec.make_kwargs, **kwargs}, observation)
         for attr, value in spec.attributes.items():
             setattr(env.unwrapped, attr, value)
         self.check(env)
         return env
+
+    def build(self, kwargs: dict[str, Any], observation: str | None) -> gym.Env:
+        """``gym.make`` plus the wrappers the card reads through; ``observation`` is one of :attr:`observations`."""
+        return gym.make(self.env_id, **kwargs)
 
     def check(self, env: gym.Env) -> None:
         """Fail clearly when the card cannot drive this environment."""

@@ -93,11 +93,12 @@ def portability(policy: Policy, card: Card, trained_on: str | None, episodes: in
     out: dict[str, dict] = {}
     if not card.variants:
         return out
-    trained_space = _observation_space(card, trained_on) if policy.reads_observations else None
+    reads = policy.reads_observations
+    trained_space = _observation_space(card, trained_on, policy.observation) if reads else None
     for name in card.variants:
         if name == trained_on:
             continue
-        if trained_space is not None and (space := _observation_space(card, name)) != trained_space:
+        if reads and (space := _observation_space(card, name, policy.observation)) != trained_space:
             out[name] = {"skipped": f"observation space {space} differs from the trained {trained_space}"}
             continue
         result, _ = evaluate(policy, card, f"portability:{name}", None, episodes, seed=seed, n_envs=n_envs,
@@ -106,8 +107,8 @@ def portability(policy: Policy, card: Card, trained_on: str | None, episodes: in
     return out
 
 
-def _observation_space(card: Card, variant: str | None):
-    env = card.make_env(variant)
+def _observation_space(card: Card, variant: str | None, observation: str | None):
+    env = card.make_env(variant, observation=observation)
     try:
         return env.observation_space
     finally:

@@ -59,12 +59,14 @@ class Policy:
 
     A policy that reads the raw observations instead (PPO) sets
     ``reads_observations`` and implements :meth:`act_on_observations`; rollouts
-    and evaluation treat it the same otherwise.
+    and evaluation treat it the same otherwise. ``observation`` names which of
+    the card's observations it reads (None: the environment's own).
     """
 
     action_words: list[str]
     stats: PolicyStats
     reads_observations: bool = False
+    observation: str | None = None
 
     def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
         raise NotImplementedError

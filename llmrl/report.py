@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from rliable import library as rly
 from rliable import metrics
 
-from llmrl.ablate import EDIT_STRATEGIES, STRATEGIES as STRATEGY_ORDER
+from llmrl.ablate import EDIT_STRATEGIES, PPO_OBSERVATIONS, STRATEGIES as STRATEGY_ORDER
 from llmrl.baselines import PROMPT_BASELINES
 from llmrl.errors import UsageError
 
@@ -46,7 +46,8 @@ BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 MIN_RUNS_FOR_IQM = 4  # below this trim_mean cuts int(0.25 * n) = 0 runs per end
 # Hollow markers of decreasing size: curves that coincide (e.g. all at the cap) stay visible.
-MARKERS = {"context": ("o", 10), "adapter": ("s", 7), "weights": ("^", 5), "ppo": ("D", 4)}
+MARKERS = {"context": ("o", 10), "adapter": ("s", 7), "weights": ("^", 5), "ppo": ("D", 4),
+           "ppo-pixels": ("v", 4)}
 COLOURS = dict(zip(STRATEGY_ORDER, ("#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2",
                                     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
 
@@ -93,7 +94,8 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
 
     ``reference_scores`` maps an environment to ``(random_score, reference_score)``
     (e.g. Atari human scores); returns on those environments are reported as
-    ``(x - random) / (reference - random)``, elsewhere as raw returns.
+    ``(x - random) / (reference - random)``, elsewhere as raw returns. By default
+    they are the experiment's ``reference_scores`` (``experiment.json``), if any.
 
     IQM with fewer than 4 runs: rliable's IQM is ``scipy.stats.trim_mean(x, 0.25)``,
     which cuts ``int(0.25 * n)`` runs from each end, i.e. none for n < 4. It then
@@ -105,7 +107,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     per environment and every table cell's numbers.
     """
     results_dir = Path(results_dir)
-    references = reference_scores or {}
+    references = reference_scores if reference_scores is not None else _experiment_references(results_dir)
     runs, failed = _load_runs(results_dir, references)
     envs = sorted({r.env for r in runs})
     by_env = {env: [r for r in runs if r.env == env] for env in envs}
@@ -151,6 +153,15 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
 
 
 # ---------------------------------------------------------------------------- reading runs
+
+def _experiment_references(results_dir: Path) -> dict[str, tuple[float, float]]:
+    """(random, human) per environment from the experiment's config, written by ``llmrl ablate``."""
+    try:
+        config = json.loads((results_dir / "experiment.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {env: (ref["random"], ref["human"]) for env, ref in (config.get("reference_scores") or {}).items()}
+
 
 def _load_runs(results_dir: Path, reference_scores: dict[str, tuple[float, float]]
                ) -> tuple[list[Run], list[tuple[str, str]]]:
@@ -299,22 +310,24 @@ def _summary(env: str, stats: list[Stat], runs: list[Run]) -> str:
     if edits and prompts:  # ranked, so [0] is the best of each group
         parts.append(f"Best edited strategy {edits[0].describe()} vs best prompt baseline {prompts[0].describe()}: "
                      f"{_num(edits[0].iqm - prompts[0].iqm, signed=True)}; {_separation(edits[0], prompts[0])}.")
-    ppo = [r for r in runs if r.strategy == "ppo"]
-    if edits and ppo:
-        parts.append(_versus_ppo(edits[0], ppo))
+    for learner in PPO_OBSERVATIONS:
+        ppo = [r for r in runs if r.strategy == learner]
+        if edits and ppo:
+            parts.append(_versus_ppo(edits[0], ppo, learner))
     return " ".join(parts)
 
 
-def _versus_ppo(edit: Stat, ppo: list[Run]) -> str:
-    """Compare an edit strategy with PPO's curves interpolated at the edit runs' mean env steps."""
+def _versus_ppo(edit: Stat, ppo: list[Run], learner: str = "ppo") -> str:
+    """Compare an edit strategy with a PPO learner's curves interpolated at the edit runs' mean env steps."""
     at = edit.env_steps
+    name = learner.upper() if learner == "ppo" else learner
     covering = [r for r in ppo if r.steps[0] <= at <= r.steps[-1]]
     if not covering:
-        return (f"PPO's curves span {min(r.steps[0] for r in ppo):,.0f}-{max(r.steps[-1] for r in ppo):,.0f} "
+        return (f"{name}'s curves span {min(r.steps[0] for r in ppo):,.0f}-{max(r.steps[-1] for r in ppo):,.0f} "
                 f"env steps, so it cannot be compared with {edit.strategy} at {at:,.0f}.")
-    ppo_at = Stat("ppo", len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
+    ppo_at = Stat(learner, len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
                   env_steps=at, wall_seconds=float("nan"))
-    return (f"At {edit.strategy}'s {at:,.0f} env steps PPO reaches {ppo_at.interval()} "
+    return (f"At {edit.strategy}'s {at:,.0f} env steps {name} reaches {ppo_at.interval()} "
             f"(curves of {ppo_at.runs} seeds interpolated): {edit.strategy} "
             f"{_num(edit.iqm - ppo_at.iqm, signed=True)}; {_separation(edit, ppo_at)}.")
 

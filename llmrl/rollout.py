@@ -63,7 +63,7 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
     if max_steps is not None and max_steps < 1:
         raise UsageError("max_steps must be >= 1")
     values = list(card.actions.values())
-    envs = [card.make_env(variant) for _ in range(min(n_envs, episodes))]
+    envs = [card.make_env(variant, observation=policy.observation) for _ in range(min(n_envs, episodes))]
     done: list[Trajectory | None] = [None] * episodes
     running: dict[int, tuple[int, Trajectory, object]] = {}  # slot -> (episode, trajectory, obs)
     next_episode = 0

@@ -47,6 +47,23 @@ def test_expand_lists_the_grid_with_resolved_configs(tmp_path):
     assert ppo["total_steps"] == 48 and ppo["eval_every"] == 48 and ppo["model"] is None  # the loop's budget
 
 
+def test_ppo_learners_budgets_and_reference_scores(tmp_path):
+    # Plain PPO at the loop's budget keeps exactly the keys it always had, so finished grids still resume.
+    plain = expand(load_config(grid(tmp_path, strategies=["ppo"], seeds=1)))[0].config
+    assert set(plain) == {"env", "strategy", "seed", "model", "device", "dtype", "eval_episodes", "eval_max_steps",
+                          "portability", "total_steps", "eval_every", "n_envs"}
+    longer = expand(load_config(grid(tmp_path, strategies=["ppo"], seeds=1, ppo={"steps": 1000})))[0].config
+    assert (longer["total_steps"], longer["eval_also_at"]) == (1000, 48)  # also scored at the editing budget
+    with pytest.raises(UsageError, match="ppo-pixels needs the 'pixels' observation"):
+        expand(load_config(grid(tmp_path, strategies=["ppo-pixels"])))
+    scored = load_config(grid(tmp_path, reference_scores={"CartPole-v1": {"random": 22, "human": 500}}))
+    assert scored.reference_scores["CartPole-v1"].human == 500
+    for refs, message in [({"CartPole-v2": {"random": 0, "human": 1}}, "no card"),
+                          ({"CartPole-v1": {"random": 1, "human": 1}}, "equal")]:
+        with pytest.raises(UsageError, match=message):
+            expand(load_config(grid(tmp_path, reference_scores=refs)))
+
+
 def test_env_loop_overrides_and_bad_grids(tmp_path):
     cfg = load_config(grid(tmp_path, envs=["CartPole-v1", "MountainCar-v0"], strategies=["weights"], seeds=1,
                            env_loop={"MountainCar-v0": {"n_step": 5}}))

@@ -22,6 +22,7 @@ from llmrl.baselines.ppo import (
     train_ppo,
 )
 from llmrl.cards import all_cards, get_card
+from llmrl.config import load_yaml
 from llmrl.errors import UsageError
 from llmrl.evaluate import evaluate
 from llmrl.evaluate import eval_seed
@@ -91,9 +92,14 @@ def test_every_shipped_file_names_a_card_and_loads():
     assert {f.stem for f in files} >= {"CartPole-v1", "MountainCar-v0", "Acrobot-v1", "LunarLander-v3",
                                        "FrozenLake-v1", "Taxi-v4", "BabyAI-GoToRedBall-v0", "BabyAI-GoToLocal-v0"}
     cards = all_cards()
+    families = {c.family for c in cards.values() if c.family}
     for f in files:
-        assert f.stem in cards
-        assert load_hyperparameters(f.stem)["source"]
+        observation = "pixels" if f.stem.endswith("-pixels") else None
+        name = f.stem.removesuffix("-pixels")
+        users = [k for k, c in cards.items() if name in (k.replace("/", "_"), c.family)]
+        assert users, f"{f.name} names no card or card family ({', '.join(sorted(families))})"
+        assert all(observation is None or observation in cards[k].observations for k in users)
+        assert load_hyperparameters(users[0], observation)["source"] == load_yaml(f)["source"]
 
 
 def test_curve_points_and_evaluator_returns(cartpole):

@@ -241,3 +241,15 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     # the first figure is drawn: rows with its coloured curve pixels (not grey text on white)
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.3
     assert saturated.any(axis=1).sum() > 100
+
+
+def test_reference_scores_come_from_the_experiment_config(tmp_path):
+    """`llmrl report DIR` normalises by the experiment's reference_scores without being told."""
+    root = make_results(tmp_path)
+    low, high = PONG_REFERENCE["ALE/Pong-v5"]
+    config = {"reference_scores": {"ALE/Pong-v5": {"random": low, "human": high}}}
+    (root / "experiment.json").write_text(json.dumps({"config": config, "runs": 1, "grid": "x"}))
+    by_default = write_report(root)
+    assert by_default["stats"]["ALE/Pong-v5"] == write_report(root, PONG_REFERENCE)["stats"]["ALE/Pong-v5"]
+    raw = write_report(root, {})["stats"]["ALE/Pong-v5"]["random"]["iqm"]
+    assert by_default["stats"]["ALE/Pong-v5"]["random"]["iqm"] == pytest.approx((raw - low) / (high - low))

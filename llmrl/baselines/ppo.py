@@ -6,9 +6,13 @@ the language-model policies have). It is evaluated with
 :func:`llmrl.evaluate.evaluate` on the seeds the editing loop uses, and its
 budget counts training steps only.
 
-Hyper-parameters come from ``configs/ppo/<env>.yaml``: the RL Zoo's tuned
-values where the Zoo has an entry, else stable-baselines3's defaults. The Zoo's
-``lin_X`` schedules and ``normalize: true`` (VecNormalize) are supported. A
+Hyper-parameters come from ``configs/ppo/<env>.yaml``, else
+``configs/ppo/<card family>.yaml`` (e.g. ``atari.yaml``): the RL Zoo's tuned
+values where the Zoo has an entry, else stable-baselines3's defaults. A policy
+reading another of the card's observations (``pixels``) takes the file with
+that suffix (``atari-pixels.yaml``). The Zoo's ``lin_X`` schedules,
+``normalize: true`` (VecNormalize) and the training side of its Atari wrapper
+are supported. A
 trained policy is saved twice: SB3's own ``ppo.zip``, and ``policy.safetensors``
 plus ``ppo.json``. :func:`load_ppo_policy` rebuilds from the latter two only, so
 loading never unpickles.
@@ -32,6 +36,7 @@ from pydantic import Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from stable_baselines3 import PPO
+from stable_baselines3.common.atari_wrappers import ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, NoopResetEnv
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -63,9 +68,13 @@ class PPOHyperparameters(Strict):
 
     source: str = SB3_DEFAULTS
     n_timesteps: int | None = Field(None, ge=1)
-    policy: Literal["MlpPolicy"] = "MlpPolicy"
+    policy: Literal["MlpPolicy", "CnnPolicy"] = "MlpPolicy"
     n_envs: int = Field(1, ge=1)
     normalize: bool = False
+    #: The training side of SB3's AtariWrapper: up to 30 no-op starts, FIRE to start, a lost life ends the
+    #: training episode, rewards clipped to their sign. Frames come from the card ("pixels"), and ALE v5
+    #: skips frames itself (so no frame skip here; rl-baselines3-zoo issue #222).
+    atari_wrapper: bool = False
     learning_rate: float | str = _SB3["learning_rate"]
     n_steps: int = Field(_SB3["n_steps"], ge=1)
     batch_size: int = Field(_SB3["batch_size"], ge=2)
@@ -94,7 +103,7 @@ class PPOHyperparameters(Strict):
 
     def ppo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of SB3's ``PPO`` besides the policy (schedules built, wrapper settings left out)."""
-        kwargs = self.model_dump(exclude={"source", "n_timesteps", "policy", "n_envs", "normalize"})
+        kwargs = self.model_dump(exclude={"source", "n_timesteps", "policy", "n_envs", "normalize", "atari_wrapper"})
         for key in ("learning_rate", "clip_range"):
             if isinstance(kwargs[key], str):
                 # The Zoo's linear_schedule (progress_remaining * X), clamped at 0 where the last
@@ -103,16 +112,21 @@ class PPOHyperparameters(Strict):
         return kwargs
 
 
-def load_hyperparameters(env: str, config_dir: Path = CONFIG_DIR) -> dict:
+def load_hyperparameters(env: str, observation: str | None = None, config_dir: Path = CONFIG_DIR) -> dict:
     """The resolved hyper-parameters of ``env``'s card, with their ``source``.
 
-    From ``<config_dir>/<card key, '/' as '_'>.yaml``; a card without a file
-    gets SB3's defaults with one environment.
+    From ``<config_dir>/<card key, '/' as '_'>[-<observation>].yaml``, else the
+    card family's ``<family>[-<observation>].yaml``; a card with neither gets
+    SB3's defaults with one environment.
     """
     card, _ = get_card(env)
-    path = Path(config_dir) / f"{card.key.replace('/', '_')}.yaml"
-    values = load_yaml(path) if path.exists() else {}
-    return build(PPOHyperparameters, values, source=str(path)).model_dump()
+    suffix = f"-{observation}" if observation else ""
+    names = [card.key.replace("/", "_")] + ([card.family] if card.family else [])
+    for name in names:
+        path = Path(config_dir) / f"{name}{suffix}.yaml"
+        if path.exists():
+            return build(PPOHyperparameters, load_yaml(path), source=str(path)).model_dump()
+    return build(PPOHyperparameters, {}, source=SB3_DEFAULTS).model_dump()
 
 
 class CardActions(gym.ActionWrapper):
@@ -149,7 +163,12 @@ def observation_wrapper(env: gym.Env) -> gym.Env:
     raise UsageError(f"the PPO baseline cannot read observations of {space}")
 
 
-def _training_env(env: gym.Env, card: Card) -> gym.Env:
+def _training_env(env: gym.Env, card: Card, atari: bool = False) -> gym.Env:
+    if atari:
+        env = NoopResetEnv(env, noop_max=30)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = ClipRewardEnv(EpisodicLifeEnv(env))
     return CardActions(observation_wrapper(env), card)
 
 
@@ -182,12 +201,13 @@ class PPOPolicy(Policy):
 
     reads_observations = True
 
-    def __init__(self, env: str, net: ActorCriticPolicy, normalization: ObsNormalization | None = None):
+    def __init__(self, env: str, net: ActorCriticPolicy, normalization: ObsNormalization | None = None,
+                 observation: str | None = None):
         card, variant = get_card(env)
-        self.env, self.net, self.normalization = env, net, normalization
+        self.env, self.net, self.normalization, self.observation = env, net, normalization, observation
         self.action_words = card.action_words
         self.stats = PolicyStats()
-        reader = observation_wrapper(card.make_env(variant))
+        reader = observation_wrapper(card.make_env(variant, observation=observation))
         reader.close()
         self._read = reader.observation if isinstance(reader, gym.ObservationWrapper) else np.asarray
 
@@ -228,19 +248,21 @@ class _Evaluations(BaseCallback):
     TensorBoard too.
     """
 
-    def __init__(self, env: str, card: Card, variant: str | None, seed: int, every: int | None, total: int,
-                 episodes: int, max_steps: int | None):
+    def __init__(self, env: str, card: Card, variant: str | None, observation: str | None, seed: int,
+                 every: int | None, total: int, episodes: int, max_steps: int | None, also_at: int | None):
         super().__init__()
-        self.env, self.card, self.variant, self.seed = env, card, variant, seed
+        self.env, self.card, self.variant, self.observation, self.seed = env, card, variant, observation, seed
         self.every, self.total, self.episodes, self.max_steps = every, total, episodes, max_steps
         self.next = every
+        self.also_at = also_at if also_at and also_at < total else None
         self.curve: list[dict] = []
         #: The policy of the latest point.
         self.policy: PPOPolicy | None = None
 
     def evaluate(self) -> None:
         vec = self.model.get_vec_normalize_env()
-        self.policy = PPOPolicy(self.env, self.model.policy, ObsNormalization.of(vec) if vec else None)
+        self.policy = PPOPolicy(self.env, self.model.policy, ObsNormalization.of(vec) if vec else None,
+                                self.observation)
         result, _ = evaluate(self.policy, self.card, "ppo", None, self.episodes, seed=self.seed,
                              n_envs=min(self.episodes, EVAL_ENVS), max_steps=self.max_steps,
                              variant=self.variant, progress=False)
@@ -257,10 +279,14 @@ class _Evaluations(BaseCallback):
 
     def _on_step(self) -> bool:
         # Points at or past the budget wait for the final update (_on_training_end).
-        if self.every and self.next <= self.num_timesteps < self.total:
+        due = bool(self.every) and self.next <= self.num_timesteps < self.total
+        extra = self.also_at is not None and self.also_at <= self.num_timesteps
+        if due or extra:
             self.evaluate()
-            while self.next <= self.num_timesteps:
+            while self.every and self.next <= self.num_timesteps:
                 self.next += self.every
+            if extra:
+                self.also_at = None
         return True
 
     def _on_training_end(self) -> None:
@@ -269,9 +295,13 @@ class _Evaluations(BaseCallback):
 
 def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = None, eval_episodes: int = 20,
               eval_max_steps: int | None = None, out: Path | None = None, hyperparameters: dict | None = None,
-              device: str = "cpu", progress: bool = False) -> PPOResult:
+              device: str = "cpu", progress: bool = False, observation: str | None = None,
+              eval_also_at: int | None = None) -> PPOResult:
     """Train PPO on ``env``'s card for ``total_steps`` environment steps and evaluate it along the way.
 
+    ``observation`` picks another of the card's observations ("pixels"), with
+    its own hyper-parameters; ``eval_also_at`` adds an evaluation point (the
+    editing loop's budget, when PPO trains longer).
     ``hyperparameters`` override the card's file (:func:`load_hyperparameters`).
     Evaluation episode i is reset with seed ``eval_seed(seed) + i``, as
     in the editing loop, far from the training seeds ``seed .. seed + n_envs - 1``.
@@ -285,14 +315,14 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
     if eval_max_steps is not None and eval_max_steps < 1:
         raise UsageError(f"eval_max_steps must be >= 1, got {eval_max_steps}")
     card, variant = get_card(env)
-    values = load_hyperparameters(env)
+    values = load_hyperparameters(env, observation)
     if hyperparameters:
         values["source"] += f"; overridden: {', '.join(sorted(hyperparameters))}"
         values.update(hyperparameters)
     hp = build(PPOHyperparameters, values, source="PPO hyper-parameters")
     t0 = time.perf_counter()
-    vec = make_vec_env(lambda: card.make_env(variant), n_envs=hp.n_envs, seed=seed, wrapper_class=_training_env,
-                       wrapper_kwargs={"card": card})
+    vec = make_vec_env(lambda: card.make_env(variant, observation=observation), n_envs=hp.n_envs, seed=seed,
+                       wrapper_class=_training_env, wrapper_kwargs={"card": card, "atari": hp.atari_wrapper})
     if hp.normalize:
         if not isinstance(vec.observation_space, spaces.Box):
             vec.close()
@@ -304,8 +334,8 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
         out.mkdir(parents=True, exist_ok=True)
     model = PPO(hp.policy, vec, seed=seed, device=device, verbose=0,
                 tensorboard_log=str(out / "tensorboard") if out else None, **hp.ppo_kwargs())
-    evaluations = _Evaluations(env, card, variant, eval_seed(seed), eval_every, total_steps,
-                               eval_episodes, eval_max_steps)
+    evaluations = _Evaluations(env, card, variant, observation, eval_seed(seed), eval_every, total_steps,
+                               eval_episodes, eval_max_steps, eval_also_at)
     try:
         model.learn(total_steps, callback=evaluations, progress_bar=progress)
     finally:
@@ -323,17 +353,33 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
 def _save(out: Path, model: PPO, policy: PPOPolicy, result: PPOResult, seed: int) -> None:
     """SB3's zip, and the pickle-free pair :func:`load_ppo_policy` reads."""
     model.save(out / "ppo.zip")
-    tensors = {name: t.detach().cpu().contiguous() for name, t in policy.net.state_dict().items()}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in _unaliased(policy.net).items()}
     norm = policy.normalization
     if norm:
         tensors |= {_STATE["mean"]: torch.from_numpy(norm.mean), _STATE["var"]: torch.from_numpy(norm.var)}
     save_file(tensors, out / "policy.safetensors")
     record = {
-        "env": policy.env, "seed": seed, "env_steps": result.env_steps, "hyperparameters": result.hyperparameters,
+        "env": policy.env, "observation": policy.observation, "seed": seed, "env_steps": result.env_steps,
+        "hyperparameters": result.hyperparameters,
         "obs_normalization": {"clip": norm.clip, "epsilon": norm.epsilon} if norm else None,
         "final_mean_return": result.final_mean_return, "wall_seconds": result.wall_seconds, "curve": result.curve,
     }
     (out / "ppo.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _aliases(net: torch.nn.Module) -> dict[str, str]:
+    """Each state-dict name -> the first name of the same tensor.
+
+    SB3's CNN policies share one feature extractor under three names;
+    safetensors stores a shared tensor once, so only first names are saved.
+    """
+    first: dict[int, str] = {}
+    return {name: first.setdefault(t.data_ptr(), name) for name, t in net.state_dict().items()}
+
+
+def _unaliased(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = net.state_dict()
+    return {name: state[name] for name, original in _aliases(net).items() if name == original}
 
 
 def load_ppo_policy(folder: Path | str, device: str = "cpu") -> PPOPolicy:
@@ -346,7 +392,8 @@ def load_ppo_policy(folder: Path | str, device: str = "cpu") -> PPOPolicy:
         raise UsageError(f"cannot load a PPO policy from {folder}: {exc}") from exc
     hp = build(PPOHyperparameters, record["hyperparameters"], source=str(folder / "ppo.json"))
     card, variant = get_card(record["env"])
-    shaped = _training_env(card.make_env(variant), card)
+    observation = record.get("observation")
+    shaped = _training_env(card.make_env(variant, observation=observation), card)
     shaped.close()
     net = PPO.policy_aliases[hp.policy](shaped.observation_space, shaped.action_space, ConstantSchedule(0.0))
     norm = None
@@ -354,7 +401,7 @@ def load_ppo_policy(folder: Path | str, device: str = "cpu") -> PPOPolicy:
         stats = {key: tensors.pop(name).cpu().numpy() for key, name in _STATE.items()}
         norm = ObsNormalization(**stats, **record["obs_normalization"])
     try:
-        net.load_state_dict(tensors)
-    except RuntimeError as exc:
+        net.load_state_dict({name: tensors[original] for name, original in _aliases(net).items()})
+    except (KeyError, RuntimeError) as exc:
         raise UsageError(f"{folder / 'policy.safetensors'} does not fit the {record['env']} policy: {exc}") from exc
-    return PPOPolicy(record["env"], net.to(device).eval(), norm)
+    return PPOPolicy(record["env"], net.to(device).eval(), norm, observation)
