@@ -237,6 +237,14 @@ class Pong(AtariCard):
         return (f"{text} The ball is {_px(px - bx)} px to the left of it and {vertical} its centre, "
                 f"{_motion(ball, 'toward you', 'away')}.")
 
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """Minus the share of half the court between the paddle and an incoming ball: a point is lost
+        when the gap stays open. 0 while the ball moves away or is out of play."""
+        ball, paddle = _ball_and_paddle(env)
+        if ball is None or paddle is None or ball.dx < 0:
+            return 0.0
+        return -min(abs(_centre(ball)[1] - _centre(paddle)[1]) / 105, 1.0)
+
     def situation(self, obs: Any, env: gym.Env) -> str:
         ball, paddle = _ball_and_paddle(env)
         if ball is None or paddle is None:
@@ -303,6 +311,14 @@ class Breakout(AtariCard):
         side = f"{_px(abs(bx - px))} px {'left' if bx < px else 'right'} of" if _px(bx - px) else "right over"
         return (f"{text} The ball is {side} the paddle's centre and {_px(py - by)} px above it, "
                 f"{_motion(ball, 'right', 'left')}.")
+
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """Minus the share of half the screen between the paddle and a falling ball (a falling ball the
+        paddle misses costs a life and the bricks it would have hit). 0 otherwise."""
+        ball, paddle = _ball_and_paddle(env)
+        if ball is None or paddle is None or ball.dy <= 0:
+            return 0.0
+        return -min(abs(_centre(ball)[0] - _centre(paddle)[0]) / 80, 1.0)
 
     def situation(self, obs: Any, env: gym.Env) -> str:
         ball, paddle = _ball_and_paddle(env)
@@ -394,6 +410,10 @@ class Freeway(AtariCard):
         else:
             text += " No lane ahead: the top is next."
         return text
+
+    def potential(self, obs: Any, env: gym.Env) -> float:
+        """The share of the crossing done: a crossing scores 1."""
+        return self._lanes(env)[3] / 10
 
     def situation(self, obs: Any, env: gym.Env) -> str:
         chicken, here, ahead, _ = self._lanes(env)

@@ -312,3 +312,32 @@ def test_ppo_trains_and_reloads_on_objects_and_pixels(tmp_path, observation: str
     again, _ = evaluate(policy, card, "ppo", None, 2, seed=7, max_steps=40)
     assert first.returns == again.returns and all(t.length == 40 for t in trajectories)
     assert trajectories[0].steps[0].text.startswith("Your paddle's centre")  # the same game, read aloud
+
+
+def test_potentials_read_what_wins_points() -> None:
+    """Pong and Breakout: an incoming ball far from the paddle is worth less; Freeway: lanes crossed."""
+    pong = card_of("Pong")
+    env = pong.make_env()
+    obs, _ = env.reset(seed=0)
+    assert pong.potential(obs, env) == 0.0  # no ball yet
+    seen = []
+    for _ in range(300):
+        obs, *_ = env.step(pong.actions["stay"])
+        ball, paddle = (next((o for o in pong.objects(env) if o.category == c), None) for c in ("Ball", "Player"))
+        if ball is not None and ball.dx > 0:
+            gap = abs(ball.y + ball.h / 2 - paddle.y - paddle.h / 2)
+            seen.append((gap, pong.potential(obs, env)))
+    assert seen and all(-1 <= p <= 0 for _, p in seen)
+    far, near = max(seen), min(seen)
+    assert far[0] > near[0] and far[1] < near[1]
+    freeway = card_of("Freeway")
+    env = freeway.make_env()
+    obs, _ = env.reset(seed=0)
+    start = freeway.potential(obs, env)
+    obs, _ = play(freeway, env, obs, lambda s: "go up", 12)
+    assert start == 0.0 and freeway.potential(obs, env) >= 0.2
+    breakout = card_of("Breakout")
+    env = breakout.make_env()
+    obs, _ = env.reset(seed=0)
+    values = [breakout.potential(play(breakout, env, obs, lambda s: "fire", 1)[0], env) for _ in range(60)]
+    assert min(values) < 0 and max(values) == 0  # a falling ball off the paddle, and a rising one
