@@ -215,9 +215,11 @@ def cmd_report(args: argparse.Namespace) -> dict:
     result = write_report(args.results)
     if not args.json:
         for env, rows in result["stats"].items():
-            print(f"{env}\n  {'strategy':<17} {'runs':>4}  {'IQM final return [95% CI]':<30} {'env steps':>9}")
+            normalised = env in result["normalised"]
+            score, digits = ("normalised score", 2) if normalised else ("final return", 1)
+            print(f"{env}\n  {'strategy':<17} {'runs':>4}  {f'IQM {score} [95% CI]':<30} {'env steps':>9}")
             for strategy, st in rows.items():
-                ci = f"{st['iqm']:.1f} [{st['ci'][0]:.1f}, {st['ci'][1]:.1f}]"
+                ci = f"{st['iqm']:.{digits}f} [{st['ci'][0]:.{digits}f}, {st['ci'][1]:.{digits}f}]"
                 print(f"  {strategy:<17} {st['runs']:>4}  {ci:<30} {st['env_steps']:>9,.0f}")
         if result["failed"]:
             print(f"{len(result['failed'])} failed runs are listed in the report")

@@ -147,6 +147,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     return {
         "markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures],
         "winners": winners, "failed": [run_id for run_id, _ in failed],
+        "normalised": sorted(env for env in envs if env in references),
         "stats": {env: {s.strategy: {"runs": s.runs, "iqm": s.iqm, "ci": [s.lo, s.hi], "env_steps": s.env_steps,
                                      "wall_seconds": s.wall_seconds} for s in stats[env]} for env in envs},
     }
