@@ -329,9 +329,22 @@ def status(results: Path, spec: RunSpec) -> str:
         record = json.loads(record_path(results, spec.run_id).read_text())
     except (OSError, ValueError):
         return "todo"
-    if record.get("config") != spec.config:
+    if not _same_config(record.get("config"), spec.config):
         return "todo"
     return record.get("status", "todo")
+
+
+def _same_config(recorded: dict | None, wanted: dict[str, Any]) -> bool:
+    """Equal, or equal but for loop options added since the record was written and left at their defaults.
+
+    A new loop option's default keeps the behaviour from before it existed, so
+    runs finished without it stay valid and a long grid survives the addition.
+    """
+    if recorded is None or set(recorded) - set(wanted):
+        return False
+    fields = LoopConfig.model_fields
+    return all(recorded[k] == v if k in recorded else (k in fields and v == fields[k].default)
+               for k, v in wanted.items())
 
 
 def fingerprint(specs: list[RunSpec]) -> str:

@@ -85,6 +85,9 @@ class LoopConfig(Strict):
     #: Exploration while collecting feedback: softmax temperature over the action scores, plus epsilon-random.
     explore_temperature: float = Field(1.0, gt=0.0)
     epsilon: float = Field(0.1, ge=0.0, le=1.0)
+    #: Hold each sampled action for this many decisions in its environment: where controls answer slowly
+    #: (Pong's paddle), one deviating decision has no effect that returns could show.
+    explore_hold: int = Field(1, ge=1)
     gamma: float = Field(0.95, gt=0.0, le=1.0)
     z: float = Field(2.0, ge=0.0)
     min_support: int = Field(20, ge=1)

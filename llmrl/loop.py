@@ -57,20 +57,34 @@ def make_injector(strategy: str, options: dict[str, Any], out: Path | None = Non
 
 
 class Exploring(Policy):
-    """Samples from the policy's action distribution at a temperature, with epsilon-random actions."""
+    """Samples from the policy's action distribution at a temperature, with epsilon-random actions.
 
-    def __init__(self, policy: LLMPolicy, temperature: float, epsilon: float, seed: int):
-        self.policy, self.temperature, self.epsilon = policy, temperature, epsilon
+    With ``hold`` > 1, an environment slot keeps its sampled action for that
+    many decisions before sampling again (and its texts are not scored meanwhile).
+    """
+
+    def __init__(self, policy: LLMPolicy, temperature: float, epsilon: float, seed: int, hold: int = 1):
+        self.policy, self.temperature, self.epsilon, self.hold = policy, temperature, epsilon, hold
         self.action_words = policy.action_words
         self.stats = PolicyStats()
         self._gen = torch.Generator().manual_seed(seed)
+        self._held: dict[int, tuple[int, int]] = {}  # slot -> (action, decisions left)
 
     def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
         self.stats.decisions += len(texts)
-        probs = torch.softmax(self.policy.scores(texts) / self.temperature, dim=-1)
-        n, k = probs.shape
-        probs = (1 - self.epsilon) * probs + self.epsilon / k
-        return torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()
+        slots = list(range(len(texts))) if slots is None else slots
+        fresh = [i for i, slot in enumerate(slots) if self._held.get(slot, (0, 0))[1] == 0]
+        actions = [self._held[slot][0] if i not in fresh else -1 for i, slot in enumerate(slots)]
+        if fresh:
+            probs = torch.softmax(self.policy.scores([texts[i] for i in fresh]) / self.temperature, dim=-1)
+            probs = (1 - self.epsilon) * probs + self.epsilon / probs.shape[1]
+            for i, a in zip(fresh, torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()):
+                actions[i] = a
+                self._held[slots[i]] = (a, self.hold)
+        for slot in slots:
+            action, left = self._held[slot]
+            self._held[slot] = (action, left - 1)
+        return actions
 
 
 def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -103,7 +117,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
                 changes = {"insert": [], "modify": [], "retain": [], "erase": []}
                 touched = False
                 if it > 0:
-                    explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it)
+                    explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
+                                         hold=cfg.explore_hold)
                     feedback = rollout(explorer, card, episodes=cfg.steps_per_iteration,
                                        seed=cfg.seed * 100_000 + it * 1_000, n_envs=cfg.n_envs, variant=variant,
                                        step_budget=cfg.steps_per_iteration)

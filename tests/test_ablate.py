@@ -64,6 +64,19 @@ def test_ppo_learners_budgets_and_reference_scores(tmp_path):
             expand(load_config(grid(tmp_path, reference_scores=refs)))
 
 
+def test_records_from_before_a_new_loop_option_still_count(tmp_path):
+    """A loop option added later, at its default, does not invalidate finished runs; set otherwise, it does."""
+    cfg = load_config(grid(tmp_path, strategies=["context"], seeds=1))
+    spec = expand(cfg)[0]
+    old = {k: v for k, v in spec.config.items() if k != "explore_hold"}  # a record written before the option
+    ablate_mod.write_record(cfg.out, {"run_id": spec.run_id, "config": old, "status": "ok"})
+    assert status(cfg.out, spec) == "ok"
+    held = expand(load_config(grid(tmp_path, strategies=["context"], seeds=1, loop={**TINY_LOOP, "explore_hold": 4})))
+    assert status(cfg.out, held[0]) == "todo"
+    ablate_mod.write_record(cfg.out, {"run_id": spec.run_id, "config": {**old, "gone": 1}, "status": "ok"})
+    assert status(cfg.out, spec) == "todo"  # a key the current config lacks is a different run
+
+
 def test_env_loop_overrides_and_bad_grids(tmp_path):
     cfg = load_config(grid(tmp_path, envs=["CartPole-v1", "MountainCar-v0"], strategies=["weights"], seeds=1,
                            env_loop={"MountainCar-v0": {"n_step": 5}}))

@@ -90,3 +90,28 @@ def test_run_with_potential_n_step_returns_on_a_sparse_task(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["env"] == "MountainCar-v0" and summary["env_steps"] == 120
     assert json.loads((tmp_path / "out" / "config.json").read_text())["n_step"] == 5
+
+
+def test_exploring_holds_each_sampled_action(tiny):
+    """explore_hold: a slot repeats its sampled action for `hold` decisions, and only fresh slots are scored."""
+    from llmrl.loop import Exploring
+    from llmrl.policy import LLMPolicy
+    from llmrl.prompts import card_prompt
+
+    card = get_card("CartPole-v1")[0]
+    policy = LLMPolicy(tiny, card_prompt(card), seed=0)
+    explorer = Exploring(policy, temperature=1.0, epsilon=1.0, seed=3, hold=3)
+    texts = [f"Cart at {i} m." for i in range(4)]
+    rounds = [explorer.act(texts[:2], [0, 1]) for _ in range(6)]
+    for slot in (0, 1):
+        picks = [r[slot] for r in rounds]
+        assert picks[0] == picks[1] == picks[2] and picks[3] == picks[4] == picks[5]
+    scored: list[int] = []
+    real = policy.scores
+    policy.scores = lambda ts: (scored.append(len(ts)), real(ts))[1]  # type: ignore[method-assign]
+    explorer.act(texts, [0, 1, 2, 3])  # slots 0 and 1 start a new hold, slots 2 and 3 their first
+    explorer.act(texts, [0, 1, 2, 3])  # all four held: nothing scored
+    assert scored == [4]
+    once = Exploring(policy, temperature=1.0, epsilon=1.0, seed=3)
+    picks = [once.act(texts[:1], [0])[0] for _ in range(40)]
+    assert len(set(picks)) == 2 and any(a != b for a, b in zip(picks, picks[1:]))  # hold 1 resamples every time
