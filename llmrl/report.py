@@ -131,6 +131,9 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     summary = [_summary(env, stats[env], by_env[env]) for env in envs]
     if len(envs) > 1:
         summary.append(_tally(winners, stats))
+    floor = _edits_over_floor(stats)
+    if floor:
+        summary.append(floor)
     title = f"Experiment report: {results_dir.resolve().name}"
     blocks: list[_Block] = [_Heading(1, title), _Para(_intro(runs, failed, envs)),
                             _Heading(2, "Where each strategy wins"), _Bullets(summary or ["No finished runs."]),
@@ -344,6 +347,25 @@ def _tally(winners: dict[str, str | None], stats: dict[str, list[Stat]]) -> str:
         parts.append(f"no winner {len(ties)} ({', '.join(ties)})")
     return (f"Wins by IQM over {len(winners)} environments: {', '.join(parts)}; "
             f"separable from the runner-up in {len(clear)} ({', '.join(clear) or 'none'}).")
+
+
+def _edits_over_floor(stats: dict[str, list[Stat]]) -> str | None:
+    """On how many environments an edited strategy beats both zero-shot and random, intervals apart."""
+    judged, beaten = [], []
+    for env, env_stats in stats.items():
+        by = {s.strategy: s for s in env_stats}
+        edits = [s for s in _ranked(env_stats) if s.strategy in EDIT_STRATEGIES]
+        if "zero-shot" not in by or "random" not in by or not edits:
+            continue
+        judged.append(env)
+        wins = [s.strategy for s in edits
+                if all(s.iqm > by[b].iqm and _separable(s, by[b]) for b in ("zero-shot", "random"))]
+        if wins:
+            beaten.append(f"{env} ({', '.join(wins)})")
+    if not judged:
+        return None
+    return (f"An edited strategy beats both zero-shot and random, CIs apart, on {len(beaten)} of {len(judged)} "
+            f"environments: {'; '.join(beaten) or 'none'}.")
 
 
 def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> str:

@@ -175,6 +175,9 @@ def test_winner_text(report):
     assert "- FrozenLake-v1: no winner; 2 strategies tie at IQM 0.00 (random, zero-shot)." in summary
     assert "Wins by IQM over 4 environments: few-shot 1, context 1, ppo 1, no winner 1 (FrozenLake-v1); " \
            "separable from the runner-up in 1 (MountainCar-v0)" in summary
+    # Only CartPole ran zero-shot, random and an edit; adapter's 3 runs are too few to count as separable.
+    assert "An edited strategy beats both zero-shot and random, CIs apart, on 1 of 1 environments: " \
+           "CartPole-v1 (context, weights)." in summary
 
 
 def test_failed_run_listed_and_excluded(report):
