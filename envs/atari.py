@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from llmrl.cards import Card, Variant
-from llmrl.errors import UsageError
+from llmrl.errors import MissingExtra, UsageError
 
 #: Decisions an observation (object vector or frames) spans.
 STACK = 4
@@ -141,7 +141,7 @@ class AtariCard(Card):
         try:
             importlib.import_module("ocatari.ram")
         except ImportError as exc:
-            raise UsageError(f"card {self.key} reads objects with OCAtari: pip install -e '.[atari]' ({exc})") from exc
+            raise MissingExtra(f"card {self.key} reads objects with OCAtari: pip install -e '.[atari]' ({exc})") from exc
         if observation == "pixels":
             env = ObjectReader(gym.make(self.env_id, obs_type="grayscale", **kwargs), self._module, vector=False)
             env = gym.wrappers.ResizeObservation(env, (84, 84))

@@ -70,20 +70,22 @@ def environment_prompts(tokenizer, exclude: str, per_card: int = 2, seed: int = 
     Cards whose environment cannot be made here (an optional extra not
     installed) are left out with a warning; the probe's prompt count says so.
     """
-    out = []
+    out, missing = [], []
     for key, card in sorted(all_cards().items()):
         if card.env_id == exclude or key == exclude:
             continue
         try:
             env = card.make_env()
         except (ImportError, gym.error.DependencyNotInstalled) as exc:
-            warnings.warn(f"locality probe leaves out {key}: {exc}", stacklevel=2)
+            missing.append(f"{key} ({exc})")
             continue
         rendered = render(card_prompt(card), tokenizer)
         for i in range(per_card):
             obs, _ = env.reset(seed=seed + i)
             out.append(rendered.prefix + card.text(obs, env)[0] + rendered.suffix)
         env.close()
+    if missing:
+        warnings.warn(f"locality probe leaves out {len(missing)} cards: " + "; ".join(missing), stacklevel=2)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -82,11 +84,28 @@ def test_environment_prompts_leave_out_uninstalled_environments(tiny, monkeypatc
     def missing(*args, **kwargs):
         raise ImportError("no module named 'pretend_physics'")
 
+    whole = environment_prompts(tiny.tokenizer, exclude="CartPole-v1", per_card=1)
     monkeypatch.setattr(broken, "make_env", missing)
     with pytest.warns(UserWarning, match="Acrobot-v1"):
         prompts = environment_prompts(tiny.tokenizer, exclude="CartPole-v1", per_card=1)
-    assert len(prompts) == len(cards) - 2  # CartPole excluded, Acrobot missing
+    assert len(prompts) == len(whole) - 1
     assert not any("Links at" in p for p in prompts) and any("Car at" in p for p in prompts)
+
+
+def test_a_missing_atari_extra_leaves_the_atari_cards_out_of_the_probe(tiny, monkeypatch):
+    """Without OCAtari a control run must still build its locality probe (a real failure once)."""
+    from llmrl.errors import MissingExtra, UsageError
+
+    monkeypatch.setitem(sys.modules, "ocatari", None)  # import ocatari.ram now raises ImportError
+    monkeypatch.setitem(sys.modules, "ocatari.ram", None)
+    atari = [key for key, card in metrics.all_cards().items() if card.family == "atari"]
+    assert atari
+    with pytest.raises(MissingExtra, match=r"pip install -e '\.\[atari\]'") as caught:
+        metrics.all_cards()[atari[0]].make_env()
+    assert isinstance(caught.value, UsageError)  # the command line prints it on one line
+    with pytest.warns(UserWarning, match=r"leaves out \d+ cards: .*ALE/Pong-v5"):
+        prompts = environment_prompts(tiny.tokenizer, exclude="CartPole-v1", per_card=1)
+    assert len(prompts) == len(metrics.all_cards()) - 1 - len(atari)
 
 
 def test_a_limited_probe_spreads_over_shipped_and_environment_prompts(tiny):
