@@ -10,10 +10,14 @@ Measures what DESIGN.md calls the edit metrics, on real environment texts:
   CartPole return of the edited policy;
 - ``batch``: a 32-item MEMIT batch over Taxi-v4 situations (oracle-table
   actions), statistics cached beforehand: edit seconds, reliability,
-  generalization, locality.
+  generalization, locality;
+- ``runs``: the items that finished loop runs found (``--runs DIR ...``, each
+  with its ``items.json`` and ``config.json``) edited into the run's base
+  policy, every second example held out: reliability and generalization of
+  the items as the loop found them, conflicts and all, and locality.
 
-Usage: ``.venv/bin/python scripts/bench_memit.py [cartpole|batch|all] [--method rome|memit]
-[--set key=value ...] [--json]``. The machine is shared and noisy: repeat
+Usage: ``.venv/bin/python scripts/bench_memit.py [cartpole|batch|runs|all] [--method rome|memit]
+[--set key=value ...] [--runs DIR ...] [--json]``. The machine is shared and noisy: repeat
 timings (``--repeat``) and compare within one run.
 """
 
@@ -238,9 +242,28 @@ def batch(lm: LoadedModel, injector: WeightsInjector, n_items: int, repeat: int)
     return {"n_items": len(items), "seconds": seconds, "median_seconds": statistics.median(seconds), **runs[-1]}
 
 
+def finished_runs(lm: LoadedModel, injector: WeightsInjector, runs: list[Path]) -> dict:
+    """Each run's items edited with ``injector`` into its base policy, alternate examples held out."""
+    out = {}
+    for run in runs:
+        cfg = json.loads((run / "config.json").read_text())
+        card, _ = get_card(cfg["env"])
+        policy = make_baseline(cfg["base_policy"], card, lm)
+        found = [KnowledgeItem(**item) for item in json.loads((run / "items.json").read_text())["items"]]
+        items = [KnowledgeItem(**{**item.to_json(), "examples": item.examples[::2]}) for item in found]
+        fresh = {item.situation: item.examples[1::2] for item in found}
+        result, _ = measure(policy, injector, items, fresh, [])
+        out[run.name] = {"env": cfg["env"], "items": len(items), "before": result["before"],
+                         "reliability": result["reliability"], "generalization": result["generalization"],
+                         "kl_last": result["locality"]["kl_last"], "top1_last": result["locality"]["top1_last"],
+                         "edit_seconds": result["edit_seconds"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["cartpole", "batch", "all"], nargs="?", default="all")
+    parser.add_argument("part", choices=["cartpole", "batch", "runs", "all"], nargs="?", default="all")
+    parser.add_argument("--runs", nargs="+", type=Path, default=[], help="finished loop run folders (part runs)")
     parser.add_argument("--method", default="memit", choices=["rome", "memit"])
     parser.add_argument("--set", action="append", default=[], help="injector option key=value (Python literal)")
     parser.add_argument("--episodes", type=int, default=10)
@@ -248,6 +271,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default); on a shared, loaded CPU 1 is often much faster")
+    parser.add_argument("--dtype", default="float32", help="model dtype (the experiment configs use bfloat16)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     options = {}
@@ -258,7 +282,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lm = load_model(None, device="cpu")
+    lm = load_model(None, device="cpu", dtype=args.dtype)
     t0 = time.perf_counter()
     out = {"method": args.method, "options": {k: repr(v) for k, v in options.items()},
            "threads": torch.get_num_threads()}
@@ -266,6 +290,8 @@ def main() -> None:
         out["cartpole"] = cartpole(lm, injector, args.episodes)
     if args.part in ("batch", "all"):
         out["batch"] = batch(lm, injector, args.items, args.repeat)
+    if args.part in ("runs", "all") and args.runs:
+        out["runs"] = finished_runs(lm, injector, args.runs)
     out["wall_seconds"] = time.perf_counter() - t0
     print(json.dumps(out, indent=None if args.json else 2, default=float))
 

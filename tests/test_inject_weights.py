@@ -39,7 +39,7 @@ RED, GREEN, YELLOW = "the light is red", "the light is green", "the light is yel
 TRAINED = {RED: "stop", GREEN: "go", YELLOW: "wait"}
 CHANGED = {RED: "go", GREEN: "wait", YELLOW: "stop"}
 #: Hyper-parameters for the tiny models: a small corpus, no norm limits, weak preservation.
-TINY = dict(stats_tokens=256, clamp=10.0, weight_decay=0.0, mom2_weight=10.0, steps=20)
+TINY = dict(stats_tokens=256, clamp=10.0, weight_decay=0.0, mom2_weight_per_item=5.0, steps=20)
 
 
 @pytest.fixture(autouse=True)
@@ -268,6 +268,22 @@ def test_memit_batch_of_three_items_wins_and_undo_is_exact(trained_models, kind)
     assert [r["situation"] for r in edit.info["items"]] == list(CHANGED)
     edit.undo()
     assert checksum(lm.model) == original
+
+
+def test_memit_weighs_its_statistics_per_item_so_a_repeated_item_edits_alike(trained_models):
+    """λ grows with the batch: the items' least squares sums over them, so with a fixed λ the same
+    item would be written weakly alone and strongly in company (a real failure: 2-item edits of the
+    default model did not land at MEMIT's λ = 15,000)."""
+    updates = []
+    for copies in (1, 3):
+        lm = trained_copy(trained_models, "llama")
+        snapshot = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+        # λ large enough that the statistics hold the update back (a fixed λ differs by 3 % here)
+        injector = WeightsInjector(method="memit", **{**TINY, "mom2_weight_per_item": 50000.0})
+        injector.inject(signal_policy(lm), signal_items({RED: "go"}) * copies)
+        updates.append(torch.cat([(p.detach() - snapshot[n]).flatten() for n, p in lm.model.named_parameters()]))
+    assert updates[0].norm() > 0
+    assert (updates[0] - updates[1]).norm() < 1e-4 * updates[0].norm()
 
 
 def test_rome_items_apply_one_after_another_and_undo_restores_all(trained_models):

@@ -61,6 +61,9 @@ METHODS = ("rome", "memit")
 #: this lands near MEMIT's 13-17 and ROME's 17 of 48.
 DEFAULT_LAYERS = {"rome": (0.4,), "memit": (0.3, 0.35, 0.4, 0.45, 0.5)}
 
+#: MEMIT's λ per edited item (see WeightsInjector).
+MOM2_WEIGHT_PER_ITEM = 500.0
+
 #: Generic requests the model answers to produce the statistics corpus.
 SEED_PROMPTS = (
     "Tell me a short story about a lighthouse keeper.",
@@ -582,9 +585,11 @@ class WeightsInjector:
 
     Statistics: ``stats_tokens`` sampled tokens (seeded by ``stats_seed``)
     plus up to ``stats_prompts`` decision prompts of the items' examples and
-    ``corpus_texts``; MEMIT weighs them by ``mom2_weight`` (MEMIT's λ). They
-    are computed once per model and layer and cached under
-    ``cache_dir()/stats/<model key>``.
+    ``corpus_texts``. They are computed once per model and layer and cached
+    under ``cache_dir()/stats/<model key>``. MEMIT weighs them by λ =
+    ``mom2_weight_per_item`` times the number of items: its least squares sums
+    over the items, so a fixed λ (MEMIT's 15,000) makes an edit of a few items
+    too weak to land and one of many items too strong.
     """
 
     name: ClassVar[str] = "weights"
@@ -599,7 +604,7 @@ class WeightsInjector:
     stop_nll: float = 0.05
     key_examples: int = 2
     value_examples: int = 1
-    mom2_weight: float = 15000.0
+    mom2_weight_per_item: float = MOM2_WEIGHT_PER_ITEM
     stats_tokens: int = 20000
     stats_prompts: int = 64
     stats_seed: int = 0
@@ -611,8 +616,8 @@ class WeightsInjector:
             raise UsageError(f"bad weights method {self.method!r}; choose one of {', '.join(METHODS)}")
         if min(self.steps, self.key_examples, self.value_examples, self.stats_prompts) < 1:
             raise UsageError("steps, key_examples, value_examples and stats_prompts must be >= 1")
-        if min(self.lr, self.clamp, self.mom2_weight) <= 0 or min(self.kl_factor, self.weight_decay) < 0:
-            raise UsageError("lr, clamp and mom2_weight must be > 0; kl_factor and weight_decay >= 0")
+        if min(self.lr, self.clamp, self.mom2_weight_per_item) <= 0 or min(self.kl_factor, self.weight_decay) < 0:
+            raise UsageError("lr, clamp and mom2_weight_per_item must be > 0; kl_factor and weight_decay >= 0")
         if self.essence.count("{}") != 1:
             raise UsageError(f"essence template {self.essence!r} needs exactly one {{}} for the situation")
 
@@ -817,6 +822,6 @@ class WeightsInjector:
         for j, layer in enumerate(layers):
             k, z = (k, z0) if j == 0 else self._keys(model, layout, groups, layer, top, n, pad)
             resid = (z0 + delta - z) / (len(layers) - j)
-            a = self.mom2_weight * moments[layer].double() + k.T @ k
+            a = self.mom2_weight_per_item * n * moments[layer].double() + k.T @ k
             layout.add(layer, resid.T @ torch.linalg.solve(a, k.T).T)
         return self._report(plans, before, self._after(model, values, n, pad), delta)
