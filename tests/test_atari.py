@@ -78,7 +78,7 @@ TABLES: dict[str, dict[str, str]] = {
 DEMO_STATES = {
     "Pong": [(0, 18), (0, 16), (0, 36)],
     "Breakout": [(0, 9), (0, 24), (0, 3)],
-    "Freeway": [(0, 1), (0, 11), (0, 17)],
+    "Freeway": [(0, 1), (0, 43), (0, 514)],
     "Boxing": [(0, 16), (0, 1), (0, 13)],
     "SpaceInvaders": [(0, 1), (0, 41), (0, 42)],
     "Asterix": [(0, 16), (0, 203), (0, 1)],
@@ -256,6 +256,15 @@ def test_situation_table_beats_random(game: str) -> None:
         chance.append(play(card, env, env.reset(seed=seed)[0], lambda s: words[rng.integers(len(words))], 1000)[1])
     margin = {"Pong": 10, "Breakout": 20, "Freeway": 5, "Asterix": 100}[game]
     assert min(table) >= max(chance) + margin, (table, chance)
+
+
+def test_freeway_waiting_for_cars_beats_always_going_up() -> None:
+    """The "car coming" situations carry knowledge: a table that waits for them beats the zero-shot habit."""
+    card = card_of("Freeway")
+    env = card.make_env()
+    table = [play(card, env, env.reset(seed=seed)[0], TABLES["Freeway"].__getitem__, 1000)[1] for seed in range(2)]
+    up = [play(card, env, env.reset(seed=seed)[0], lambda s: "go up", 1000)[1] for seed in range(2)]
+    assert min(table) >= max(up) + 2, (table, up)
 
 
 @pytest.mark.parametrize("game", GAMES)
