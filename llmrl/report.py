@@ -134,10 +134,13 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     floor = _edits_over_floor(stats)
     if floor:
         summary.append(floor)
+    summary += _edits_vs_ppo(stats, by_env)
+    normalised = [env for env in envs if env in references]
+    aggregate_blocks, aggregate = _aggregate(by_env, normalised) if len(normalised) > 1 else ([], {})
     title = f"Experiment report: {results_dir.resolve().name}"
     blocks: list[_Block] = [_Heading(1, title), _Para(_intro(runs, failed, envs)),
                             _Heading(2, "Where each strategy wins"), _Bullets(summary or ["No finished runs."]),
-                            *env_blocks]
+                            *aggregate_blocks, *env_blocks]
     if failed:
         blocks += [_Heading(2, "Failed runs (excluded from the statistics)"),
                    _Bullets([f"{run_id}: {error}" for run_id, error in failed])]
@@ -150,7 +153,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     return {
         "markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures],
         "winners": winners, "failed": [run_id for run_id, _ in failed],
-        "normalised": sorted(env for env in envs if env in references),
+        "normalised": normalised, "aggregate": aggregate,
         "stats": {env: {s.strategy: {"runs": s.runs, "iqm": s.iqm, "ci": [s.lo, s.hi], "env_steps": s.env_steps,
                                      "wall_seconds": s.wall_seconds} for s in stats[env]} for env in envs},
     }
@@ -220,7 +223,13 @@ def _scale(env: str, reference: tuple[float, float] | None) -> Callable[[float],
 # ---------------------------------------------------------------------------- statistics
 
 def _iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
-    """IQM and 95 % percentile-bootstrap CI of per-run scores (one task, so stratification is over runs).
+    """IQM and 95 % percentile-bootstrap CI of per-run scores (one task, so stratification is over runs)."""
+    (iqm, lo, hi), _ = _bootstrap(np.asarray(scores, dtype=float).reshape(-1, 1))
+    return iqm, lo, hi
+
+
+def _bootstrap(scores: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """IQM and mean, each with its 95 % CI, of a (runs, tasks) score matrix; runs resampled within each task.
 
     rliable 1.2's StratifiedBootstrap ignores its ``random_state`` and resamples
     with NumPy's global generator, so that generator is seeded here, and the
@@ -230,11 +239,12 @@ def _iqm_ci(scores: np.ndarray) -> tuple[float, float, float]:
     np.random.seed(BOOTSTRAP_SEED)
     try:
         point, interval = rly.get_interval_estimates(
-            {"x": np.asarray(scores, dtype=float).reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+            {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]),
             reps=BOOTSTRAP_REPS)
     finally:
         np.random.set_state(state)
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+    p, i = point["x"], interval["x"]
+    return (float(p[0]), float(i[0, 0]), float(i[1, 0])), (float(p[1]), float(i[0, 1]), float(i[1, 1]))
 
 
 def _strategy_stats(runs: list[Run]) -> list[Stat]:
@@ -324,16 +334,52 @@ def _summary(env: str, stats: list[Stat], runs: list[Run]) -> str:
 def _versus_ppo(edit: Stat, ppo: list[Run], learner: str = "ppo") -> str:
     """Compare an edit strategy with a PPO learner's curves interpolated at the edit runs' mean env steps."""
     at = edit.env_steps
-    name = learner.upper() if learner == "ppo" else learner
-    covering = [r for r in ppo if r.steps[0] <= at <= r.steps[-1]]
-    if not covering:
+    name = _learner_name(learner)
+    ppo_at = _ppo_at(ppo, at, learner)
+    if ppo_at is None:
         return (f"{name}'s curves span {min(r.steps[0] for r in ppo):,.0f}-{max(r.steps[-1] for r in ppo):,.0f} "
                 f"env steps, so it cannot be compared with {edit.strategy} at {at:,.0f}.")
-    ppo_at = Stat(learner, len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
-                  env_steps=at, wall_seconds=float("nan"))
     return (f"At {edit.strategy}'s {at:,.0f} env steps {name} reaches {ppo_at.interval()} "
             f"(curves of {ppo_at.runs} seeds interpolated): {edit.strategy} "
             f"{_num(edit.iqm - ppo_at.iqm, signed=True)}; {_separation(edit, ppo_at)}.")
+
+
+def _learner_name(learner: str) -> str:
+    return learner.upper() if learner == "ppo" else learner
+
+
+def _ppo_at(ppo: list[Run], at: float, learner: str) -> Stat | None:
+    """A PPO learner's IQM and CI at ``at`` env steps, its seeds' curves interpolated; None if none reach it."""
+    covering = [r for r in ppo if r.steps[0] <= at <= r.steps[-1]]
+    if not covering:
+        return None
+    return Stat(learner, len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
+                env_steps=at, wall_seconds=float("nan"))
+
+
+def _edits_vs_ppo(stats: dict[str, list[Stat]], by_env: dict[str, list[Run]]) -> list[str]:
+    """Per PPO learner: on how many environments the best edit is above it at equal steps, and at its final steps."""
+    lines = []
+    for learner in PPO_OBSERVATIONS:
+        equal, final, judged = [0, 0], [0, 0], 0
+        for env, env_stats in stats.items():
+            edits = [s for s in _ranked(env_stats) if s.strategy in EDIT_STRATEGIES]
+            ppo_final = next((s for s in env_stats if s.strategy == learner), None)
+            ppo_at = _ppo_at([r for r in by_env[env] if r.strategy == learner], edits[0].env_steps,
+                             learner) if edits and ppo_final else None
+            if ppo_at is None:
+                continue
+            judged += 1
+            for tally, ppo in ((equal, ppo_at), (final, ppo_final)):
+                tally[0] += edits[0].iqm > ppo.iqm
+                tally[1] += edits[0].iqm > ppo.iqm and _separable(edits[0], ppo)
+        if judged:
+            steps = sorted({s.env_steps for env_stats in stats.values() for s in env_stats if s.strategy == learner})
+            lines.append(f"The best edited strategy is above {_learner_name(learner)} at equal env steps on "
+                         f"{equal[0]} of {judged} environments (CIs apart on {equal[1]}), and above its final "
+                         f"score ({', '.join(f'{x:,.0f}' for x in steps)} env steps) on {final[0]} "
+                         f"(CIs apart on {final[1]}).")
+    return lines
 
 
 def _tally(winners: dict[str, str | None], stats: dict[str, list[Stat]]) -> str:
@@ -366,6 +412,49 @@ def _edits_over_floor(stats: dict[str, list[Stat]]) -> str | None:
         return None
     return (f"An edited strategy beats both zero-shot and random, CIs apart, on {len(beaten)} of {len(judged)} "
             f"environments: {'; '.join(beaten) or 'none'}.")
+
+
+def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[list[_Block], dict]:
+    """Per strategy, IQM and mean of the normalised scores over all environments' runs (Agarwal et al. 2021).
+
+    The bootstrap resamples runs within each environment (rliable's stratified
+    bootstrap), so it needs the same number of runs everywhere: a strategy's
+    first n runs per environment are used, n the fewest it has on any. PPO also
+    gets a row at the edits' env steps (its curves interpolated per environment
+    at the mean env steps of that environment's edit runs): its final score
+    comes after its own, larger budget.
+    """
+    rows, data = [], {}
+    columns: dict[str, list[np.ndarray]] = {}
+    strategies = sorted({r.strategy for env in normalised for r in by_env[env]}, key=_order)
+    for strategy in strategies:
+        per_env = [[r.score for r in by_env[env] if r.strategy == strategy] for env in normalised]
+        if all(per_env):
+            columns[strategy] = per_env
+    for learner in PPO_OBSERVATIONS:
+        per_env = []
+        for env in normalised:
+            edit_steps = [r.env_steps for r in by_env[env] if r.strategy in EDIT_STRATEGIES]
+            ppo = [r for r in by_env[env] if r.strategy == learner]
+            at = float(np.mean(edit_steps)) if edit_steps else None
+            per_env.append([float(np.interp(at, r.steps, r.curve)) for r in ppo
+                            if at is not None and r.steps[0] <= at <= r.steps[-1]])
+        if all(per_env):
+            columns[f"{learner} at the edits' steps"] = per_env
+    for name, per_env in columns.items():
+        n = min(len(x) for x in per_env)
+        (iqm, lo, hi), (mean, mlo, mhi) = _bootstrap(np.array([x[:n] for x in per_env], dtype=float).T)
+        data[name] = {"runs_per_env": n, "iqm": iqm, "ci": [lo, hi], "mean": mean, "mean_ci": [mlo, mhi]}
+        rows.append([name, f"{n}{'*' if n < MIN_RUNS_FOR_IQM else ''}",
+                     f"{_num(iqm)} [{_num(lo)}, {_num(hi)}]", f"{_num(mean)} [{_num(mlo)}, {_num(mhi)}]"])
+    left_out = [s for s in strategies if s not in columns]
+    text = (f"Normalised scores pooled over {_count(len(normalised), 'environment')} ({', '.join(normalised)}): "
+            "IQM and mean over all runs, 95 % stratified-bootstrap CIs (runs resampled within each environment). "
+            "Runs per environment is the fewest a strategy has on any of them; that many are used from each.")
+    if left_out:
+        text += f" Left out, missing on some of them: {', '.join(left_out)}."
+    return [_Heading(2, "Across environments"), _Para(text),
+            _Table(["strategy", "runs per environment", "IQM [95 % CI]", "mean [95 % CI]"], rows)], data
 
 
 def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> str:

@@ -178,6 +178,9 @@ def test_winner_text(report):
     # Only CartPole ran zero-shot, random and an edit; adapter's 3 runs are too few to count as separable.
     assert "An edited strategy beats both zero-shot and random, CIs apart, on 1 of 1 environments: " \
            "CartPole-v1 (context, weights)." in summary
+    # MountainCar alone has PPO and edits: context -150 is above PPO's -198 at 2,000 steps, below its final -114.
+    assert "The best edited strategy is above PPO at equal env steps on 1 of 1 environments (CIs apart on 1), " \
+           "and above its final score (100,000 env steps) on 0 (CIs apart on 0)." in summary
 
 
 def test_failed_run_listed_and_excluded(report):
@@ -256,3 +259,46 @@ def test_reference_scores_come_from_the_experiment_config(tmp_path):
     assert by_default["stats"]["ALE/Pong-v5"] == write_report(root, PONG_REFERENCE)["stats"]["ALE/Pong-v5"]
     raw = write_report(root, {})["stats"]["ALE/Pong-v5"]["random"]["iqm"]
     assert by_default["stats"]["ALE/Pong-v5"]["random"]["iqm"] == pytest.approx((raw - low) / (high - low))
+
+
+def test_aggregate_over_normalised_environments(tmp_path):
+    """Atari-style: normalised scores pooled over games, PPO also at the edits' steps; equal runs per game."""
+    refs = {"ALE/Pong-v5": (-20.0, 20.0), "ALE/Breakout-v5": (0.0, 10.0)}
+    finals = {("ALE/Pong-v5", "zero-shot"): [-20.0, -18.0, -16.0, -14.0, -12.0],
+              ("ALE/Breakout-v5", "zero-shot"): [0.0, 1.0, 2.0, 3.0, 4.0],
+              ("ALE/Pong-v5", "context"): [0.0, 4.0, 8.0, 12.0],
+              ("ALE/Breakout-v5", "context"): [5.0, 6.0, 7.0, 8.0, 9.0]}  # 5 runs, but Pong has 4: 4 used
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    records = []
+    for (env, strategy), values in finals.items():
+        for seed, final in enumerate(values):
+            curve = [(0, final)] if strategy == "zero-shot" else [(0, refs[env][0]), (8_000, final)]
+            records.append(record(env, strategy, seed, curve, "prompt" if strategy == "zero-shot" else "edit"))
+    for env, (low, high) in refs.items():  # PPO: random at 0, human at 100,000 steps, linear
+        records += [record(env, "ppo", seed, [(0, low), (100_000, high)], "ppo") for seed in range(4)]
+    for r in records:
+        (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
+    out = write_report(tmp_path, refs)
+
+    def norm(env, x):
+        return (x - refs[env][0]) / (refs[env][1] - refs[env][0])
+
+    agg = out["aggregate"]
+    context = [norm(e, x) for e in refs for x in finals[e, "context"][:4]]
+    assert agg["context"]["runs_per_env"] == 4
+    assert agg["context"]["iqm"] == pytest.approx(iqm(context))
+    assert agg["context"]["mean"] == pytest.approx(np.mean(context))
+    zero = [norm(e, x) for e in refs for x in finals[e, "zero-shot"]]
+    assert agg["zero-shot"]["iqm"] == pytest.approx(iqm(zero)) and agg["zero-shot"]["runs_per_env"] == 5
+    assert agg["ppo"]["iqm"] == pytest.approx(1.0)  # final: human score on both games
+    assert agg["ppo at the edits' steps"]["iqm"] == pytest.approx(0.08)  # 8,000 of 100,000 steps
+    for cell in agg.values():
+        for key, ci in (("iqm", cell["ci"]), ("mean", cell["mean_ci"])):
+            assert ci[0] <= cell[key] <= ci[1]
+    assert agg["context"]["ci"][1] - agg["context"]["ci"][0] > 0.05
+    md = Path(out["markdown"]).read_text()
+    section = md.split("## Across environments")[1].split("\n## ")[0]
+    assert "pooled over 2 environments (ALE/Breakout-v5, ALE/Pong-v5)" in section
+    c = agg["context"]
+    assert f"| context | 4 | {c['iqm']:.2f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}] | {c['mean']:.2f} [" in section
