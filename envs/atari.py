@@ -314,9 +314,13 @@ class Breakout(AtariCard):
 
     def potential(self, obs: Any, env: gym.Env) -> float:
         """Minus the share of half the screen between the paddle and a falling ball (a falling ball the
-        paddle misses costs a life and the bricks it would have hit). 0 otherwise."""
+        paddle misses costs a life and the bricks it would have hit), 0 while it rises, and -1, the floor,
+        with no ball in play: a lost ball then never looks like a gain, and launching one never like a loss
+        (Breakout scores nothing for a lost life, so only the potential can say it)."""
         ball, paddle = _ball_and_paddle(env)
-        if ball is None or paddle is None or ball.dy <= 0:
+        if ball is None or paddle is None:
+            return -1.0
+        if ball.dy <= 0:
             return 0.0
         return -min(abs(_centre(ball)[0] - _centre(paddle)[0]) / 80, 1.0)
 

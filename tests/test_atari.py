@@ -348,5 +348,8 @@ def test_potentials_read_what_wins_points() -> None:
     breakout = card_of("Breakout")
     env = breakout.make_env()
     obs, _ = env.reset(seed=0)
+    served = breakout.potential(obs, env)
     values = [breakout.potential(play(breakout, env, obs, lambda s: "fire", 1)[0], env) for _ in range(60)]
     assert min(values) < 0 and max(values) == 0  # a falling ball off the paddle, and a rising one
+    # No ball in play is the floor: firing raises the potential at once, losing the ball cannot raise it.
+    assert served == -1.0 and values[0] > served and min(values) >= served
