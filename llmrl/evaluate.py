@@ -62,6 +62,7 @@ def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, ep
     with tqdm(total=episodes, desc=f"{policy_name} on {env_name}", unit="ep", disable=not progress,
               leave=False) as bar:
         t0 = time.perf_counter()
+        policy.reseed(seed)
         trajectories = rollout(policy, card, episodes, seed, n_envs, max_steps, variant,
                                on_episode=lambda t: (bar.update(1), bar.set_postfix(ret=f"{t.ret:.1f}")))
         wall = time.perf_counter() - t0

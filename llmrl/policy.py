@@ -74,6 +74,10 @@ class Policy:
     def act_on_observations(self, observations: list, slots: list[int]) -> list[int]:
         raise NotImplementedError
 
+    def reseed(self, seed: int) -> None:
+        """Restart the policy's own random draws, if it samples in evaluation; evaluation calls it, so that
+        its seed fixes the actions as well as the episodes. Greedy policies have nothing to restart."""
+
 
 class RandomPolicy(Policy):
     """Uniform over the action words; the floor every other policy must beat."""

@@ -309,13 +309,14 @@ def test_ppo_trains_and_reloads_on_objects_and_pixels(tmp_path, observation: str
 
     hp = load_hyperparameters("ALE/Pong-v5", observation)
     assert hp["policy"] == ("CnnPolicy" if observation else "MlpPolicy") and hp["atari_wrapper"]
+    assert hp["sample_actions"]  # evaluated as the Zoo evaluates Atari agents
     assert "rl-baselines3-zoo" in hp["source"]
     small = {"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1}
     result = train_ppo("ALE/Pong-v5", seed=0, total_steps=128, eval_episodes=2, eval_max_steps=40, out=tmp_path,
                        hyperparameters=small, observation=observation, eval_also_at=64, eval_every=None)
     assert [p["env_steps"] for p in result.curve] == [0, 64, 128]
     policy = load_ppo_policy(tmp_path)
-    assert policy.observation == observation
+    assert policy.observation == observation and policy.sample and result.policy.sample
     card = card_of("Pong")
     first, trajectories = evaluate(result.policy, card, "ppo", None, 2, seed=7, max_steps=40)
     again, _ = evaluate(policy, card, "ppo", None, 2, seed=7, max_steps=40)

@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from llmrl.baselines.ppo import (
     CONFIG_DIR,
     PPOHyperparameters,
+    PPOPolicy,
     PPOResult,
     load_hyperparameters,
     load_ppo_policy,
@@ -151,6 +152,26 @@ def test_load_reproduces_actions_bit_for_bit(cartpole):
     vec = VecNormalize(DummyVecEnv([card.make_env]), training=False)
     vec.obs_rms.mean, vec.obs_rms.var = loaded.normalization.mean, loaded.normalization.var
     assert np.array_equal(vec.normalize_obs(np.stack(obs)), batch)
+
+
+def test_sampled_actions_follow_the_policy_and_replay_from_the_seed(cartpole):
+    """sample=True draws from the action distribution with the policy's own generator, which reseed restarts."""
+    loaded = load_ppo_policy(cartpole.model_path)
+    assert not loaded.sample  # CartPole's settings: greedy
+    sampler = PPOPolicy(loaded.env, loaded.net, loaded.normalization, sample=True)
+    obs = observations("CartPole-v1", 1) * 4000
+    with torch.no_grad():
+        p_right = float(loaded.net.get_distribution(torch.as_tensor(loaded.prepare(obs[:1]))).distribution.probs[0, 1])
+    sampler.reseed(3)
+    first = sampler.act_on_observations(obs, list(range(len(obs))))
+    share = sum(first) / len(first)
+    assert 0.05 < p_right < 0.95 and abs(share - p_right) < 4 * (p_right * (1 - p_right) / len(obs)) ** 0.5
+    sampler.reseed(3)
+    assert sampler.act_on_observations(obs, list(range(len(obs)))) == first
+    card, _ = get_card("CartPole-v1")
+    runs = [evaluate(sampler, card, "ppo", None, 2, seed=11, max_steps=50, progress=False)[0].returns
+            for _ in range(2)]
+    assert runs[0] == runs[1]  # evaluation reseeds: the same seed, the same episodes and actions
 
 
 def test_evaluation_leaves_training_unchanged():

@@ -75,6 +75,10 @@ class PPOHyperparameters(Strict):
     #: training episode, rewards clipped to their sign. Frames come from the card ("pixels"), and ALE v5
     #: skips frames itself (so no frame skip here; rl-baselines3-zoo issue #222).
     atari_wrapper: bool = False
+    #: Evaluate with actions sampled from the policy, not its most likely one, as the RL Zoo evaluates Atari
+    #: agents (its enjoy.py: "deterministic by default except for atari games"). A greedy Atari policy can
+    #: stall for good where one action must be pressed, e.g. FIRE after a lost ball in Breakout.
+    sample_actions: bool = False
     learning_rate: float | str = _SB3["learning_rate"]
     n_steps: int = Field(_SB3["n_steps"], ge=1)
     batch_size: int = Field(_SB3["batch_size"], ge=2)
@@ -103,7 +107,8 @@ class PPOHyperparameters(Strict):
 
     def ppo_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of SB3's ``PPO`` besides the policy (schedules built, wrapper settings left out)."""
-        kwargs = self.model_dump(exclude={"source", "n_timesteps", "policy", "n_envs", "normalize", "atari_wrapper"})
+        kwargs = self.model_dump(exclude={"source", "n_timesteps", "policy", "n_envs", "normalize", "atari_wrapper",
+                                             "sample_actions"})
         for key in ("learning_rate", "clip_range"):
             if isinstance(kwargs[key], str):
                 # The Zoo's linear_schedule (progress_remaining * X), clamped at 0 where the last
@@ -192,19 +197,23 @@ class ObsNormalization:
 
 
 class PPOPolicy(Policy):
-    """A trained SB3 actor-critic acting greedily on the card environment's raw observations.
+    """A trained SB3 actor-critic acting on the card environment's raw observations.
 
     It applies the training's preprocessing (observation wrapper, then
     VecNormalize statistics if any), so it plays wherever rollouts and
-    :func:`~llmrl.evaluate.evaluate` run a card.
+    :func:`~llmrl.evaluate.evaluate` run a card. It acts greedily, or with
+    ``sample`` draws from its action distribution with its own generator, which
+    each evaluation restarts from its seed.
     """
 
     reads_observations = True
 
     def __init__(self, env: str, net: ActorCriticPolicy, normalization: ObsNormalization | None = None,
-                 observation: str | None = None):
+                 observation: str | None = None, sample: bool = False):
         card, variant = get_card(env)
         self.env, self.net, self.normalization, self.observation = env, net, normalization, observation
+        self.sample = sample
+        self._gen = torch.Generator()
         self.action_words = card.action_words
         self.stats = PolicyStats()
         reader = observation_wrapper(card.make_env(variant, observation=observation))
@@ -218,8 +227,16 @@ class PPOPolicy(Policy):
 
     def act_on_observations(self, observations: list, slots: list[int]) -> list[int]:
         self.stats.decisions += len(observations)
-        actions, _ = self.net.predict(self.prepare(observations), deterministic=True)
-        return [int(a) for a in actions]
+        if not self.sample:
+            actions, _ = self.net.predict(self.prepare(observations), deterministic=True)
+            return [int(a) for a in actions]
+        with torch.no_grad():
+            obs, _ = self.net.obs_to_tensor(self.prepare(observations))
+            probs = self.net.get_distribution(obs).distribution.probs.cpu()
+        return torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()
+
+    def reseed(self, seed: int) -> None:
+        self._gen.manual_seed(seed)
 
 
 @dataclass
@@ -243,15 +260,18 @@ class PPOResult:
 class _Evaluations(BaseCallback):
     """Evaluates at the start, each time another ``every`` steps are trained, and after the last update.
 
-    Evaluation plays its own environments with a deterministic policy, so it
-    neither spends training steps nor changes the run. The points go to
+    Evaluation plays its own environments with the policy's own action draws
+    (greedy, or sampled from its generator), so it neither spends training steps
+    nor changes the run. The points go to
     TensorBoard too.
     """
 
     def __init__(self, env: str, card: Card, variant: str | None, observation: str | None, seed: int,
-                 every: int | None, total: int, episodes: int, max_steps: int | None, also_at: int | None):
+                 every: int | None, total: int, episodes: int, max_steps: int | None, also_at: int | None,
+                 sample: bool = False):
         super().__init__()
         self.env, self.card, self.variant, self.observation, self.seed = env, card, variant, observation, seed
+        self.sample = sample
         self.every, self.total, self.episodes, self.max_steps = every, total, episodes, max_steps
         self.next = every
         self.also_at = also_at if also_at and also_at < total else None
@@ -262,7 +282,7 @@ class _Evaluations(BaseCallback):
     def evaluate(self) -> None:
         vec = self.model.get_vec_normalize_env()
         self.policy = PPOPolicy(self.env, self.model.policy, ObsNormalization.of(vec) if vec else None,
-                                self.observation)
+                                self.observation, self.sample)
         result, _ = evaluate(self.policy, self.card, "ppo", None, self.episodes, seed=self.seed,
                              n_envs=min(self.episodes, EVAL_ENVS), max_steps=self.max_steps,
                              variant=self.variant, progress=False)
@@ -335,7 +355,7 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
     model = PPO(hp.policy, vec, seed=seed, device=device, verbose=0,
                 tensorboard_log=str(out / "tensorboard") if out else None, **hp.ppo_kwargs())
     evaluations = _Evaluations(env, card, variant, observation, eval_seed(seed), eval_every, total_steps,
-                               eval_episodes, eval_max_steps, eval_also_at)
+                               eval_episodes, eval_max_steps, eval_also_at, hp.sample_actions)
     try:
         model.learn(total_steps, callback=evaluations, progress_bar=progress)
     finally:
@@ -404,4 +424,4 @@ def load_ppo_policy(folder: Path | str, device: str = "cpu") -> PPOPolicy:
         net.load_state_dict({name: tensors[original] for name, original in _aliases(net).items()})
     except (KeyError, RuntimeError) as exc:
         raise UsageError(f"{folder / 'policy.safetensors'} does not fit the {record['env']} policy: {exc}") from exc
-    return PPOPolicy(record["env"], net.to(device).eval(), norm, observation)
+    return PPOPolicy(record["env"], net.to(device).eval(), norm, observation, hp.sample_actions)
