@@ -425,7 +425,7 @@ def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[lis
     comes after its own, larger budget.
     """
     rows, data = [], {}
-    columns: dict[str, list[np.ndarray]] = {}
+    columns: dict[str, list[list[float]]] = {}
     strategies = sorted({r.strategy for env in normalised for r in by_env[env]}, key=_order)
     for strategy in strategies:
         per_env = [[r.score for r in by_env[env] if r.strategy == strategy] for env in normalised]

@@ -260,10 +260,9 @@ class PPOResult:
 class _Evaluations(BaseCallback):
     """Evaluates at the start, each time another ``every`` steps are trained, and after the last update.
 
-    Evaluation plays its own environments with the policy's own action draws
-    (greedy, or sampled from its generator), so it neither spends training steps
-    nor changes the run. The points go to
-    TensorBoard too.
+    Evaluation plays its own environments, greedily or with the policy's own
+    generator, so it neither spends training steps nor changes the run. The
+    points go to TensorBoard too.
     """
 
     def __init__(self, env: str, card: Card, variant: str | None, observation: str | None, seed: int,
