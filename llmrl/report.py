@@ -348,13 +348,17 @@ def _learner_name(learner: str) -> str:
     return learner.upper() if learner == "ppo" else learner
 
 
+def _values_at(ppo: list[Run], at: float) -> list[float]:
+    """Each PPO seed's curve interpolated at ``at`` env steps, for the seeds whose curve spans it."""
+    return [float(np.interp(at, r.steps, r.curve)) for r in ppo if r.steps[0] <= at <= r.steps[-1]]
+
+
 def _ppo_at(ppo: list[Run], at: float, learner: str) -> Stat | None:
     """A PPO learner's IQM and CI at ``at`` env steps, its seeds' curves interpolated; None if none reach it."""
-    covering = [r for r in ppo if r.steps[0] <= at <= r.steps[-1]]
-    if not covering:
+    values = _values_at(ppo, at)
+    if not values:
         return None
-    return Stat(learner, len(covering), *_iqm_ci(np.array([np.interp(at, r.steps, r.curve) for r in covering])),
-                env_steps=at, wall_seconds=float("nan"))
+    return Stat(learner, len(values), *_iqm_ci(np.array(values)), env_steps=at, wall_seconds=float("nan"))
 
 
 def _edits_vs_ppo(stats: dict[str, list[Stat]], by_env: dict[str, list[Run]]) -> list[str]:
@@ -436,9 +440,7 @@ def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[lis
         for env in normalised:
             edit_steps = [r.env_steps for r in by_env[env] if r.strategy in EDIT_STRATEGIES]
             ppo = [r for r in by_env[env] if r.strategy == learner]
-            at = float(np.mean(edit_steps)) if edit_steps else None
-            per_env.append([float(np.interp(at, r.steps, r.curve)) for r in ppo
-                            if at is not None and r.steps[0] <= at <= r.steps[-1]])
+            per_env.append(_values_at(ppo, float(np.mean(edit_steps))) if edit_steps else [])
         if all(per_env):
             columns[f"{learner} at the edits' steps"] = per_env
     for name, per_env in columns.items():
