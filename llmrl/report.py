@@ -140,6 +140,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     title = f"Experiment report: {results_dir.resolve().name}"
     blocks: list[_Block] = [_Heading(1, title), _Para(_intro(runs, failed, envs)),
                             _Heading(2, "Where each strategy wins"), _Bullets(summary or ["No finished runs."]),
+                            *(_overview(envs, stats, by_env, references) if len(envs) > 1 else []),
                             *aggregate_blocks, *env_blocks]
     if failed:
         blocks += [_Heading(2, "Failed runs (excluded from the statistics)"),
@@ -438,9 +439,8 @@ def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[lis
     for learner in PPO_OBSERVATIONS:
         per_env = []
         for env in normalised:
-            edit_steps = [r.env_steps for r in by_env[env] if r.strategy in EDIT_STRATEGIES]
-            ppo = [r for r in by_env[env] if r.strategy == learner]
-            per_env.append(_values_at(ppo, float(np.mean(edit_steps))) if edit_steps else [])
+            at = _edit_steps(by_env[env])
+            per_env.append(_values_at([r for r in by_env[env] if r.strategy == learner], at) if at else [])
         if all(per_env):
             columns[f"{learner} at the edits' steps"] = per_env
     for name, per_env in columns.items():
@@ -457,6 +457,40 @@ def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[lis
         text += f" Left out, missing on some of them: {', '.join(left_out)}."
     return [_Heading(2, "Across environments"), _Para(text),
             _Table(["strategy", "runs per environment", "IQM [95 % CI]", "mean [95 % CI]"], rows)], data
+
+
+def _edit_steps(runs: list[Run]) -> float | None:
+    """The mean env steps of an environment's edit runs: where PPO is compared with the edits."""
+    steps = [r.env_steps for r in runs if r.strategy in EDIT_STRATEGIES]
+    return float(np.mean(steps)) if steps else None
+
+
+def _overview(envs: list[str], stats: dict[str, list[Stat]], by_env: dict[str, list[Run]],
+              references: dict[str, tuple[float, float]]) -> list[_Block]:
+    """One table, strategies by environments, of the per-environment IQMs and CIs: the report at a glance.
+
+    PPO also gets rows at the edits' env steps, as in the pooled table, so each
+    column compares the learners at the same budget as well as at PPO's own.
+    """
+    cells: dict[str, dict[str, Stat]] = {}
+    for env in envs:
+        for s in stats[env]:
+            cells.setdefault(s.strategy, {})[env] = s
+    for learner in PPO_OBSERVATIONS:
+        for env in envs:
+            at = _edit_steps(by_env[env])
+            ppo_at = _ppo_at([r for r in by_env[env] if r.strategy == learner], at, learner) if at else None
+            if ppo_at is not None:
+                cells.setdefault(f"{learner} at the edits' steps", {})[env] = ppo_at
+    rows = [[name] + [f"{c[env].interval()}{'*' if c[env].runs < MIN_RUNS_FOR_IQM else ''}" if env in c else "-"
+                      for env in envs] for name, c in cells.items()]
+    scale = [env for env in envs if env in references]
+    scale_text = ("normalised" if len(scale) == len(envs) else
+                  f"normalised on {', '.join(scale)}, raw returns elsewhere" if scale else "raw returns")
+    text = ("IQM [95 % CI] of the final score per strategy and environment, as in the tables below "
+            f"({scale_text}); "
+            "* marks fewer than 4 runs, - a strategy that did not run there.")
+    return [_Heading(2, "Overview"), _Para(text), _Table(["strategy", *envs], rows)]
 
 
 def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> str:

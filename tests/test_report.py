@@ -237,11 +237,11 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
         pytest.skip("chromium is not installed (Debian: apt-get install chromium); `make test` installs it as root")
     shot = tmp_path / "report.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,3000",
                     Path(report["html"]).as_uri()], capture_output=True, timeout=120, check=False)
     assert shot.is_file() and shot.stat().st_size > 0, "chromium wrote no screenshot"
     pixels = image.imread(shot)[..., :3]
-    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.shape[:2] == (3000, 1280)
     colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50, "the screenshot is (nearly) one flat colour"
     # the first figure is drawn: rows with its coloured curve pixels (not grey text on white)
@@ -259,6 +259,40 @@ def test_reference_scores_come_from_the_experiment_config(tmp_path):
     assert by_default["stats"]["ALE/Pong-v5"] == write_report(root, PONG_REFERENCE)["stats"]["ALE/Pong-v5"]
     raw = write_report(root, {})["stats"]["ALE/Pong-v5"]["random"]["iqm"]
     assert by_default["stats"]["ALE/Pong-v5"]["random"]["iqm"] == pytest.approx((raw - low) / (high - low))
+
+
+def test_overview_lays_out_every_environments_cells(tmp_path):
+    """The overview table: one row per strategy, one column per environment, the per-environment IQMs."""
+    refs = {"ALE/Pong-v5": (-20.0, 20.0)}  # CartPole stays raw
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    records = [record("CartPole-v1", "zero-shot", s, [(0, 9.0 + s)], "prompt") for s in range(4)]
+    records += [record("ALE/Pong-v5", "zero-shot", s, [(0, -20.0 + 4 * s)], "prompt") for s in range(4)]
+    records += [record(env, "context", s, [(0, 0.0), (2_000, 100.0 + s)], "edit") for env in ("CartPole-v1",)
+                for s in range(2)]
+    records += [record("CartPole-v1", "ppo", s, [(0, 0.0), (4_000, 200.0)], "ppo") for s in range(4)]
+    for r in records:
+        (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
+    out = write_report(tmp_path, refs)
+    md = Path(out["markdown"]).read_text()
+    section = md.split("## Overview")[1].split("\n## ")[0]
+    assert "normalised on ALE/Pong-v5, raw returns elsewhere" in section
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:]
+            for line in section.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["strategy"] == ["ALE/Pong-v5", "CartPole-v1"]
+    for env, column in zip(rows["strategy"], zip(*(rows[s] for s in ("zero-shot", "context", "ppo")))):
+        table = md.split(f"## {env}\n")[1].split("\n## ")[0]
+        for strategy, cell in zip(("zero-shot", "context", "ppo"), column):
+            line = next((r for r in table.splitlines() if r.startswith(f"| {strategy} |")), None)
+            if line is None:
+                assert cell == "-"
+            else:  # the environment table's IQM cell, starred like its run count
+                runs_cell, iqm_cell = line.split(" | ")[1:3]
+                assert cell == iqm_cell + ("\\*" if runs_cell.endswith("\\*") else "")
+    assert rows["context"][0] == "-" and rows["context"][1].endswith("\\*")  # 2 runs
+    assert rows["zero-shot"][0].startswith("0.15 [")  # (-20, -16, -12, -8) normalised: mean of 0, .1, .2, .3
+    # PPO at the context runs' 2,000 steps: half way up its line to 200.
+    assert rows["ppo at the edits' steps"] == ["-", "100.0 [100.0, 100.0]"]
 
 
 def test_aggregate_over_normalised_environments(tmp_path):
