@@ -125,6 +125,8 @@ class RunSpec:
     seed: int
     model: str | None
     config: dict[str, Any]
+    #: The card's ``version`` when the grid was expanded; a record of another version is redone.
+    card_version: int = 1
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
@@ -157,7 +159,7 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
                     label = "none" if modelless else (model or "default")
                     name = "__".join([env.replace("/", "-").replace(":", "-"), strategy, f"s{seed}",
                                       label.replace("/", "-")])
-                    specs.append(RunSpec(name, env, strategy, seed, model, config))
+                    specs.append(RunSpec(name, env, strategy, seed, model, config, card.version))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise UsageError("the grid has duplicate runs (repeated envs, strategies, seeds or models)")
@@ -212,7 +214,8 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> dict[str
     t0 = time.perf_counter()
     record: dict[str, Any] = {
         "run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
-        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config, "versions": versions(),
+        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config, "card_version": spec.card_version,
+        "versions": versions(),
         "started": started, "host": platform.node(), "edit": None, "error": None,
     }
     try:
@@ -324,12 +327,13 @@ def write_record(results: Path, record: dict[str, Any]) -> Path:
 
 
 def status(results: Path, spec: RunSpec) -> str:
-    """``ok``, ``failed`` or ``todo`` (no record, or a record of another configuration)."""
+    """``ok``, ``failed`` or ``todo`` (no record, or a record of another configuration or card version)."""
     try:
         record = json.loads(record_path(results, spec.run_id).read_text())
     except (OSError, ValueError):
         return "todo"
-    if not _same_config(record.get("config"), spec.config):
+    # Records from before card versions existed were written with version 1.
+    if not _same_config(record.get("config"), spec.config) or record.get("card_version", 1) != spec.card_version:
         return "todo"
     return record.get("status", "todo")
 

@@ -70,6 +70,10 @@ class Card:
     #: Other observations :meth:`make_env` can give than the environment's own (e.g. "pixels" for Atari),
     #: for policies that read observations rather than texts.
     observations: ClassVar[tuple[str, ...]] = ()
+    #: Bump it when a change to the card changes what a run on it measures (its texts, situations,
+    #: actions or potential): ``llmrl ablate`` redoes runs recorded with another version instead of
+    #: reusing them, as the run config alone cannot see a change in the card's code.
+    version: ClassVar[int] = 1
 
     @property
     def key(self) -> str:

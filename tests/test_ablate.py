@@ -16,6 +16,7 @@ import yaml
 import llmrl.ablate as ablate_mod
 from llmrl.ablate import AblateConfig, ablate, expand, load_config, status
 from llmrl.cli import main
+from llmrl.cards import get_card
 from llmrl.errors import UsageError
 
 TINY_LOOP = {"iterations": 1, "steps_per_iteration": 48, "n_envs": 4, "min_support": 2, "z": 0.5, "locality": False}
@@ -75,6 +76,23 @@ def test_records_from_before_a_new_loop_option_still_count(tmp_path):
     assert status(cfg.out, held[0]) == "todo"
     ablate_mod.write_record(cfg.out, {"run_id": spec.run_id, "config": {**old, "gone": 1}, "status": "ok"})
     assert status(cfg.out, spec) == "todo"  # a key the current config lacks is a different run
+
+
+def test_a_new_card_version_redoes_the_runs_recorded_with_the_old_one(tmp_path, monkeypatch):
+    """The run config cannot see a change in a card's code; the card's version can."""
+    cfg = load_config(grid(tmp_path, strategies=["random"], seeds=1))
+    spec = expand(cfg)[0]
+    assert spec.card_version == 1
+    record = ablate_mod.execute(spec, str(cfg.out))
+    assert record["card_version"] == 1
+    ablate_mod.write_record(cfg.out, record)
+    assert status(cfg.out, spec) == "ok"
+    ablate_mod.write_record(cfg.out, {k: v for k, v in record.items() if k != "card_version"})
+    assert status(cfg.out, spec) == "ok"  # written before card versions: version 1
+    card, _ = get_card("CartPole-v1")
+    monkeypatch.setattr(type(card), "version", 2)
+    bumped = expand(cfg)[0]
+    assert bumped.card_version == 2 and status(cfg.out, bumped) == "todo"
 
 
 def test_env_loop_overrides_and_bad_grids(tmp_path):
