@@ -473,9 +473,8 @@ def _overview(envs: list[str], stats: dict[str, list[Stat]], by_env: dict[str, l
     column compares the learners at the same budget as well as at PPO's own.
     """
     cells: dict[str, dict[str, Stat]] = {}
-    for env in envs:
-        for s in stats[env]:
-            cells.setdefault(s.strategy, {})[env] = s
+    for strategy in sorted({s.strategy for env in envs for s in stats[env]}, key=_order):
+        cells[strategy] = {env: s for env in envs for s in stats[env] if s.strategy == strategy}
     for learner in PPO_OBSERVATIONS:
         for env in envs:
             at = _edit_steps(by_env[env])

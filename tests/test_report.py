@@ -271,6 +271,7 @@ def test_overview_lays_out_every_environments_cells(tmp_path):
     records += [record(env, "context", s, [(0, 0.0), (2_000, 100.0 + s)], "edit") for env in ("CartPole-v1",)
                 for s in range(2)]
     records += [record("CartPole-v1", "ppo", s, [(0, 0.0), (4_000, 200.0)], "ppo") for s in range(4)]
+    records += [record("ALE/Pong-v5", "ppo", s, [(0, -20.0), (4_000, 0.0)], "ppo") for s in range(4)]
     for r in records:
         (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
     out = write_report(tmp_path, refs)
@@ -280,6 +281,8 @@ def test_overview_lays_out_every_environments_cells(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:]
             for line in section.splitlines() if line.startswith("| ") and "---" not in line}
     assert rows["strategy"] == ["ALE/Pong-v5", "CartPole-v1"]
+    # the fixed strategy order, though context runs only on the second environment
+    assert list(rows) == ["strategy", "zero-shot", "context", "ppo", "ppo at the edits' steps"]
     for env, column in zip(rows["strategy"], zip(*(rows[s] for s in ("zero-shot", "context", "ppo")))):
         table = md.split(f"## {env}\n")[1].split("\n## ")[0]
         for strategy, cell in zip(("zero-shot", "context", "ppo"), column):
