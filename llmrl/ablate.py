@@ -214,8 +214,8 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> dict[str
     t0 = time.perf_counter()
     record: dict[str, Any] = {
         "run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
-        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config, "card_version": spec.card_version,
-        "versions": versions(),
+        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config,
+        "card_version": spec.card_version, "versions": versions(),
         "started": started, "host": platform.node(), "edit": None, "error": None,
     }
     try:

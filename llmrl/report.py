@@ -119,7 +119,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         score = "normalised score" if env in references else "final return"
         env_blocks += [_Heading(2, env), _Table(
             ["strategy", "runs", f"{score} IQM [95 % CI]", "env steps (mean)", "wall time (mean)"],
-            [[s.strategy, f"{s.runs}{'*' if s.runs < MIN_RUNS_FOR_IQM else ''}", s.interval(),
+            [[s.strategy, f"{s.runs}{_few(s.runs)}", s.interval(),
               f"{s.env_steps:,.0f}", _duration(s.wall_seconds)] for s in stats[env]])]
         figures.append(_Figure(f"{env}: {score} against environment steps", f"curves_{_slug(env)}.png",
                                _plot_curves(env, by_env[env], stats[env], score.removeprefix("final "))))
@@ -447,7 +447,7 @@ def _aggregate(by_env: dict[str, list[Run]], normalised: list[str]) -> tuple[lis
         n = min(len(x) for x in per_env)
         (iqm, lo, hi), (mean, mlo, mhi) = _bootstrap(np.array([x[:n] for x in per_env], dtype=float).T)
         data[name] = {"runs_per_env": n, "iqm": iqm, "ci": [lo, hi], "mean": mean, "mean_ci": [mlo, mhi]}
-        rows.append([name, f"{n}{'*' if n < MIN_RUNS_FOR_IQM else ''}",
+        rows.append([name, f"{n}{_few(n)}",
                      f"{_num(iqm)} [{_num(lo)}, {_num(hi)}]", f"{_num(mean)} [{_num(mlo)}, {_num(mhi)}]"])
     left_out = [s for s in strategies if s not in columns]
     text = (f"Normalised scores pooled over {_count(len(normalised), 'environment')} ({', '.join(normalised)}): "
@@ -472,17 +472,17 @@ def _overview(envs: list[str], stats: dict[str, list[Stat]], by_env: dict[str, l
     PPO also gets rows at the edits' env steps, as in the pooled table, so each
     column compares the learners at the same budget as well as at PPO's own.
     """
-    cells: dict[str, dict[str, Stat]] = {}
-    for strategy in sorted({s.strategy for env in envs for s in stats[env]}, key=_order):
-        cells[strategy] = {env: s for env in envs for s in stats[env] if s.strategy == strategy}
+    by_strategy = {env: {s.strategy: s for s in stats[env]} for env in envs}
+    cells = {strategy: {env: by_strategy[env][strategy] for env in envs if strategy in by_strategy[env]}
+             for strategy in sorted({name for env in envs for name in by_strategy[env]}, key=_order)}
     for learner in PPO_OBSERVATIONS:
         for env in envs:
             at = _edit_steps(by_env[env])
             ppo_at = _ppo_at([r for r in by_env[env] if r.strategy == learner], at, learner) if at else None
             if ppo_at is not None:
                 cells.setdefault(f"{learner} at the edits' steps", {})[env] = ppo_at
-    rows = [[name] + [f"{c[env].interval()}{'*' if c[env].runs < MIN_RUNS_FOR_IQM else ''}" if env in c else "-"
-                      for env in envs] for name, c in cells.items()]
+    rows = [[name] + [f"{c[env].interval()}{_few(c[env].runs)}" if env in c else "-" for env in envs]
+            for name, c in cells.items()]
     scale = [env for env in envs if env in references]
     scale_text = ("normalised" if len(scale) == len(envs) else
                   f"normalised on {', '.join(scale)}, raw returns elsewhere" if scale else "raw returns")
@@ -669,6 +669,11 @@ def _html(blocks: list[_Block], title: str) -> str:
 def _num(x: float, signed: bool = False) -> str:
     """Returns of hundreds keep one decimal; small returns and normalised scores two."""
     return format(x, ("+" if signed else "") + (",.1f" if abs(x) >= 10 else ".2f"))
+
+
+def _few(runs: int) -> str:
+    """The mark of a cell over fewer runs than the IQM needs to trim anything."""
+    return "*" if runs < MIN_RUNS_FOR_IQM else ""
 
 
 def _count(n: int, noun: str) -> str:
