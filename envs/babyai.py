@@ -10,6 +10,8 @@ words and the shape of their situations, so knowledge can move between them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from typing import Any, ClassVar
 
@@ -57,6 +59,19 @@ def _offset(x: int, y: int) -> tuple[int, int]:
     return _AGENT_Y - y, x - _AGENT_X
 
 
+class _QuietReset(gym.Wrapper):
+    """Swallows what BabyAI's level generator prints on reset.
+
+    Its rejection sampling prints "Sampling rejected: ..." each time it redraws
+    a level, on stdout, where it cuts into progress bars and piped tables. A
+    redraw is routine, not an error, so nothing is lost.
+    """
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.env.reset(**kwargs)
+
+
 class BabyAIGoTo(Card):
     """Shared reading of BabyAI levels whose mission is "go to the/a [colour] type"."""
 
@@ -66,6 +81,9 @@ class BabyAIGoTo(Card):
     default_action = "go forward"
     #: How situation phrases name the mission's target.
     target: ClassVar[str] = "the target"
+
+    def build(self, kwargs: dict[str, Any], observation: str | None) -> gym.Env:
+        return _QuietReset(super().build(kwargs, observation))
 
     @staticmethod
     def _objects(obs: dict[str, Any]) -> list[tuple[int, int, str, str]]:

@@ -383,3 +383,14 @@ def test_potentials_read_progress_toward_the_goal() -> None:
     level.agent_pos = (tx - 3, ty)
     assert ball.potential(None, env) == pytest.approx(1 - 2 / (level.width + level.height - 4))
     assert card_of("CartPole-v1").potential(np.zeros(4), card_of("CartPole-v1").make_env()) is None
+
+
+def test_babyai_level_redraws_print_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    # Seed 8 redraws its first level ("Sampling rejected: unreachable object"); the card's env still resets there.
+    env = card_of("BabyAI-GoToLocal-v0").make_env()
+    obs, _ = env.reset(seed=8)
+    assert capsys.readouterr().out == ""
+    raw = gym.make("BabyAI-GoToLocal-v0")
+    raw_obs, _ = raw.reset(seed=8)
+    assert "Sampling rejected" in capsys.readouterr().out
+    assert obs["mission"] == raw_obs["mission"] and np.array_equal(obs["image"], raw_obs["image"])
