@@ -11,9 +11,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmrl.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmrl.config import EvalConfig
+    from llmrl.policy import LLMPolicy
 
 EXIT_USAGE = 2
 
@@ -57,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="YAML file with any of these options; flags override it")
     ev.add_argument("--env", help="card name, optionally ENV:VARIANT (see `llmrl envs`)")
     ev.add_argument("--policy", help="random, zero-shot, few-shot, chain-of-thought, expert-hint")
+    ev.add_argument("--run", type=Path, help="a finished `llmrl run` folder (or an ablation's run folder): "
+                                             "evaluate its final edited policy, by default as the run did")
     _add_model_options(ev)
+    ev.add_argument("--variant", help="play this variant of the card (see `llmrl envs`)")
     ev.add_argument("--episodes", type=int)
     ev.add_argument("--seed", type=int)
     ev.add_argument("--max-steps", type=int, dest="max_steps")
@@ -123,30 +130,56 @@ def cmd_model(args: argparse.Namespace) -> dict | None:
     return info
 
 
+def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfig, str]:
+    """The final policy of the run in ``values["run"]``, and the evaluation settings: the run's own
+    (its evaluation seeds, episodes and step cap, so a greedy evaluation repeats its final one)
+    unless ``values`` sets them."""
+    from llmrl.config import EvalConfig, build
+    from llmrl.evaluate import eval_seed
+    from llmrl.loop import restore
+
+    fixed = sorted({"env", "policy", "model", "mode", "shots", "trajectories"} & set(values))
+    if fixed:
+        raise UsageError(f"eval --run plays the run's own edited policy; drop {', '.join(fixed)}")
+    policy, run = restore(values["run"], values.get("device"), values.get("dtype"), values.get("temperature", 0.0))
+    defaults = {"env": run.env, "episodes": run.eval_episodes, "seed": eval_seed(run.seed),
+                "max_steps": run.eval_max_steps, "n_envs": run.n_envs, "device": run.device, "dtype": run.dtype}
+    return policy, build(EvalConfig, {**defaults, **values}, source=source), run.strategy
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     from llmrl.baselines import BASELINES, make_baseline
     from llmrl.cards import get_card
     from llmrl.config import EvalConfig, build, load_yaml
     from llmrl.evaluate import evaluate
     from llmrl.models import load_model
+    from llmrl.policy import LLMPolicy
     from llmrl.rollout import save_trajectories
 
     values = load_yaml(args.config) if args.config else {}
     values.update(_options(args, list(EvalConfig.model_fields)))
-    if "env" not in values:
-        raise UsageError("eval needs --env (or env: in --config)")
-    cfg = build(EvalConfig, values, source=str(args.config) if args.config else "options")
-    if cfg.policy not in BASELINES:
-        raise UsageError(f"unknown policy {cfg.policy!r}; choose one of {', '.join(BASELINES)}")
-    card, variant = get_card(cfg.env)
-    variant = variant or cfg.variant
-    card.make_env(variant).close()  # fail on a bad card before loading a model
-    lm = None if cfg.policy == "random" else load_model(cfg.model, cfg.device, cfg.dtype)
-    policy_kwargs = {} if lm is None else dict(mode=cfg.mode, normalization=cfg.normalization,
-                                               temperature=cfg.temperature)
-    policy = make_baseline(cfg.policy, card, lm, seed=cfg.seed, k=cfg.shots, trajectories=cfg.trajectories,
-                           **policy_kwargs)
-    result, trajectories = evaluate(policy, card, cfg.policy, lm.name if lm else None, cfg.episodes, cfg.seed,
+    source = str(args.config) if args.config else "options"
+    if values.get("run") is not None:
+        policy, cfg, name = _restored(values, source)
+        card, variant = get_card(cfg.env)
+        variant = variant or cfg.variant
+    else:
+        if "env" not in values:
+            raise UsageError("eval needs --env or --run (or env: in --config)")
+        cfg = build(EvalConfig, values, source=source)
+        if cfg.policy not in BASELINES:
+            raise UsageError(f"unknown policy {cfg.policy!r}; choose one of {', '.join(BASELINES)}")
+        card, variant = get_card(cfg.env)
+        variant = variant or cfg.variant
+        card.make_env(variant).close()  # fail on a bad card before loading a model
+        lm = None if cfg.policy == "random" else load_model(cfg.model, cfg.device, cfg.dtype)
+        policy_kwargs = {} if lm is None else dict(mode=cfg.mode, normalization=cfg.normalization,
+                                                   temperature=cfg.temperature)
+        policy = make_baseline(cfg.policy, card, lm, seed=cfg.seed, k=cfg.shots, trajectories=cfg.trajectories,
+                               **policy_kwargs)
+        name = cfg.policy
+    model = policy.lm.name if isinstance(policy, LLMPolicy) else None
+    result, trajectories = evaluate(policy, card, name, model, cfg.episodes, cfg.seed,
                                     cfg.n_envs, cfg.max_steps, variant, progress=sys.stderr.isatty())
     if args.save_trajectories:
         save_trajectories(args.save_trajectories, trajectories, card.action_words)

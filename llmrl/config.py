@@ -39,6 +39,8 @@ class EvalConfig(Strict):
     shots: int = Field(3, ge=1)
     trajectories: Path | None = None
     variant: str | None = None
+    #: A finished editing-loop run's folder: evaluate its final policy (the run sets env and model).
+    run: Path | None = None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from llmrl.baselines import baseline_prompt
 from llmrl.cards import Card, get_card
-from llmrl.config import LoopConfig
+from llmrl.config import LoopConfig, build
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.inject import Edit, Injector
-from llmrl.knowledge import Extraction, KnowledgeBase, texts_by_situation
+from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
 from llmrl.models import load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
@@ -161,6 +161,31 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
         "edit_seconds": last["edit_seconds"], "params_touched": last["params_touched"],
         "portability": last.get("portability"), "out": str(out),
     }
+
+
+def restore(folder: Path | str, device: str | None = None, dtype: str | None = None,
+            temperature: float = 0.0) -> tuple[LLMPolicy, LoopConfig]:
+    """The final policy of a finished run, to evaluate again (another protocol, more episodes).
+
+    The run's base prompt gets the items in ``items.json`` injected again, with
+    the run's strategy options: the items a run ends with are those of its last
+    edit, and every injector is seeded, so this is the policy its last
+    evaluation played. ``device`` and ``dtype`` default to the run's; its saved
+    adapter is left as it is.
+    """
+    folder = Path(folder)
+    try:
+        cfg = build(LoopConfig, json.loads((folder / "config.json").read_text()), source=str(folder / "config.json"))
+        items = [KnowledgeItem(**i) for i in json.loads((folder / "items.json").read_text())["items"]]
+    except FileNotFoundError as exc:
+        raise UsageError(f"{folder} is not a finished editing-loop run: it lacks {Path(exc.filename).name}") from exc
+    card, _ = get_card(cfg.env)
+    lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
+    policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed, temperature=temperature,
+                       default_action=card.action_words.index(card.default_action_word))
+    if items and cfg.strategy != "none":
+        make_injector(cfg.strategy, dict(cfg.strategy_options)).inject(policy, items)
+    return policy, cfg
 
 
 def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, kb: KnowledgeBase,

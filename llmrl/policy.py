@@ -157,6 +157,10 @@ class LLMPolicy(Policy):
         self._prefix_cache: DynamicCache | None = None
         self._decisions: OrderedDict[str, torch.Tensor] = OrderedDict()
 
+    def reseed(self, seed: int) -> None:
+        """Sampling (``temperature`` > 0) restarts from ``seed``; greedy picks draw nothing."""
+        self._gen.manual_seed(seed)
+
     def invalidate(self) -> None:
         """Forget the prefix KV cache and the decision cache: call after the model's weights change."""
         self._prefix_cache = None

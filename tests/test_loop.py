@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmrl.cards import Card, get_card
 from llmrl.ablate import expand, load_config
@@ -115,3 +116,51 @@ def test_exploring_holds_each_sampled_action(tiny):
     once = Exploring(policy, temperature=1.0, epsilon=1.0, seed=3)
     picks = [once.act(texts[:1], [0])[0] for _ in range(40)]
     assert len(set(picks)) == 2 and any(a != b for a, b in zip(picks, picks[1:]))  # hold 1 resamples every time
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("strategy,options", [
+    ("context", {"demos": 1}), ("adapter", {"steps": 3}),
+    ("weights", {"steps": 3, "stats_tokens": 256, "stats_prompts": 8})])
+def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch, strategy, options):
+    from llmrl.baselines import make_baseline
+    from llmrl.evaluate import eval_seed, evaluate
+    from llmrl.knowledge import KnowledgeItem
+    from llmrl.loop import restore
+    from llmrl.metrics import reliability
+    from llmrl.models import load_model
+
+    monkeypatch.setenv("LLMRL_CACHE", str(tmp_path / "cache"))  # the weights' key statistics, fresh
+    cfg = tmp_path / "run.yaml"
+    values = {**BASE, "strategy": strategy, "iterations": 1, "steps_per_iteration": 120, "z": 0.0,
+              "locality": False, "portability": False}  # z 0: the tiny model's feedback gives an item
+    cfg.write_text("\n".join(f"{k}: {v}" for k, v in values.items()))
+    out = tmp_path / "out"
+    args = ["run", str(cfg), "--set", f"out={out}", "--json"] + [f"--set=strategy_options.{k}={v}"
+                                                                  for k, v in options.items()]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    last = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()][-1]
+    assert summary["items"] > 0
+    assert main(["eval", "--run", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert again["returns"] == last["eval_returns"] and again["policy"] == strategy and again["model"] == "tiny"
+    assert main(["eval", "--run", str(out), "--variant", "heavy-long-pole", "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["env"] == "CartPole-v1:heavy-long-pole"
+    policy, run = restore(out)
+    items = [KnowledgeItem(**i) for i in json.loads((out / "items.json").read_text())["items"]]
+    assert reliability(policy, items) == pytest.approx(summary["reliability"], abs=1e-9)
+    texts = [t for i in items for t in i.examples]
+    unedited = make_baseline("zero-shot", get_card(run.env)[0], load_model("tiny", device="cpu"))
+    assert not torch.equal(policy.scores(texts), unedited.scores(texts))
+    policy.temperature = 1.0  # as `eval --run --temperature 1` builds it
+    sampled = [evaluate(policy, get_card(run.env)[0], strategy, "tiny", 3, seed=eval_seed(run.seed),
+                        progress=False)[0].returns for _ in range(2)]
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 3  # the sampler restarts from the evaluation seed
+
+
+def test_eval_run_errors(tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path)]) == 2
+    assert "not a finished editing-loop run: it lacks config.json" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path), "--policy", "few-shot"]) == 2
+    assert "drop policy" in capsys.readouterr().err
