@@ -177,8 +177,11 @@ def restore(folder: Path | str, device: str | None = None, dtype: str | None = N
     try:
         cfg = build(LoopConfig, json.loads((folder / "config.json").read_text()), source=str(folder / "config.json"))
         items = [KnowledgeItem(**i) for i in json.loads((folder / "items.json").read_text())["items"]]
+        done = len((folder / "iterations.jsonl").read_text().splitlines())
     except FileNotFoundError as exc:
         raise UsageError(f"{folder} is not a finished editing-loop run: it lacks {Path(exc.filename).name}") from exc
+    if done != cfg.iterations + 1:  # items.json is written even when a run stops early
+        raise UsageError(f"{folder} stopped after {done} of its {cfg.iterations + 1} evaluations: not a finished run")
     card, _ = get_card(cfg.env)
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
     policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed, temperature=temperature,
