@@ -28,7 +28,7 @@ from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
-from llmrl.models import load_model
+from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.rollout import rollout
 
@@ -98,8 +98,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     (out / "iterations.jsonl").unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
-    policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed,
-                       default_action=card.action_words.index(card.default_action_word))
+    policy = _base_policy(cfg, card, lm)
     probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
     kb = KnowledgeBase(Extraction(cfg.gamma, cfg.z, cfg.min_support, max_examples=cfg.max_examples,
                                   preference_margin=cfg.preference_margin, pool=cfg.pool, erase_z=cfg.erase_z,
@@ -163,6 +162,12 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     }
 
 
+def _base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: float = 0.0) -> LLMPolicy:
+    """The untouched policy a run starts from, and that :func:`restore` edits again."""
+    return LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed, temperature=temperature,
+                     default_action=card.action_words.index(card.default_action_word))
+
+
 def restore(folder: Path | str, device: str | None = None, dtype: str | None = None,
             temperature: float = 0.0) -> tuple[LLMPolicy, LoopConfig]:
     """The final policy of a finished run, to evaluate again (another protocol, more episodes).
@@ -184,8 +189,7 @@ def restore(folder: Path | str, device: str | None = None, dtype: str | None = N
         raise UsageError(f"{folder} stopped after {done} of its {cfg.iterations + 1} evaluations: not a finished run")
     card, _ = get_card(cfg.env)
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
-    policy = LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed, temperature=temperature,
-                       default_action=card.action_words.index(card.default_action_word))
+    policy = _base_policy(cfg, card, lm, temperature)
     if items and cfg.strategy != "none":
         make_injector(cfg.strategy, dict(cfg.strategy_options)).inject(policy, items)
     return policy, cfg
