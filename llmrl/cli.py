@@ -136,15 +136,17 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     unless ``values`` sets them."""
     from llmrl.config import EvalConfig, build
     from llmrl.evaluate import eval_seed
-    from llmrl.loop import restore
+    from llmrl.loop import finished_run, restore
 
     fixed = sorted({"env", "policy", "model", "mode", "shots", "trajectories"} & set(values))
     if fixed:
         raise UsageError(f"eval --run plays the run's own edited policy; drop {', '.join(fixed)}")
-    policy, run = restore(values["run"], values.get("device"), values.get("dtype"), values.get("temperature", 0.0))
+    run, items = finished_run(values["run"])
     defaults = {"env": run.env, "episodes": run.eval_episodes, "seed": eval_seed(run.seed),
                 "max_steps": run.eval_max_steps, "n_envs": run.n_envs, "device": run.device, "dtype": run.dtype}
-    return policy, build(EvalConfig, {**defaults, **values}, source=source), run.strategy
+    cfg = build(EvalConfig, {**defaults, **values}, source=source)  # bad options fail before the model loads
+    policy = restore(run, items, values.get("device"), values.get("dtype"), cfg.temperature)
+    return policy, cfg, run.strategy
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:

@@ -168,15 +168,10 @@ def _base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: floa
                      default_action=card.action_words.index(card.default_action_word))
 
 
-def restore(folder: Path | str, device: str | None = None, dtype: str | None = None,
-            temperature: float = 0.0) -> tuple[LLMPolicy, LoopConfig]:
-    """The final policy of a finished run, to evaluate again (another protocol, more episodes).
+def finished_run(folder: Path | str) -> tuple[LoopConfig, list[KnowledgeItem]]:
+    """The config and final items of a finished run; a clear error for any other folder.
 
-    The run's base prompt gets the items in ``items.json`` injected again, with
-    the run's strategy options: the items a run ends with are those of its last
-    edit, and every injector is seeded, so this is the policy its last
-    evaluation played. ``device`` and ``dtype`` default to the run's; its saved
-    adapter is left as it is.
+    Reading them is cheap, so a caller can check its own options before it loads a model.
     """
     folder = Path(folder)
     try:
@@ -187,12 +182,24 @@ def restore(folder: Path | str, device: str | None = None, dtype: str | None = N
         raise UsageError(f"{folder} is not a finished editing-loop run: it lacks {Path(exc.filename).name}") from exc
     if done != cfg.iterations + 1:  # items.json is written even when a run stops early
         raise UsageError(f"{folder} stopped after {done} of its {cfg.iterations + 1} evaluations: not a finished run")
+    return cfg, items
+
+
+def restore(cfg: LoopConfig, items: list[KnowledgeItem], device: str | None = None, dtype: str | None = None,
+            temperature: float = 0.0) -> LLMPolicy:
+    """The final policy of a finished run (see :func:`finished_run`), to evaluate again.
+
+    The run's base prompt gets its final items injected again, with the run's
+    strategy options: the items a run ends with are those of its last edit, and
+    every injector is seeded, so this is the policy its last evaluation played.
+    ``device`` and ``dtype`` default to the run's; its saved adapter is left as it is.
+    """
     card, _ = get_card(cfg.env)
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
     policy = _base_policy(cfg, card, lm, temperature)
     if items and cfg.strategy != "none":
         make_injector(cfg.strategy, dict(cfg.strategy_options)).inject(policy, items)
-    return policy, cfg
+    return policy
 
 
 def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, kb: KnowledgeBase,

@@ -125,8 +125,7 @@ def test_exploring_holds_each_sampled_action(tiny):
 def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch, strategy, options):
     from llmrl.baselines import make_baseline
     from llmrl.evaluate import eval_seed, evaluate
-    from llmrl.knowledge import KnowledgeItem
-    from llmrl.loop import restore
+    from llmrl.loop import finished_run, restore
     from llmrl.metrics import reliability
     from llmrl.models import load_model
 
@@ -147,8 +146,8 @@ def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch,
     assert again["returns"] == last["eval_returns"] and again["policy"] == strategy and again["model"] == "tiny"
     assert main(["eval", "--run", str(out), "--variant", "heavy-long-pole", "--episodes", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["env"] == "CartPole-v1:heavy-long-pole"
-    policy, run = restore(out)
-    items = [KnowledgeItem(**i) for i in json.loads((out / "items.json").read_text())["items"]]
+    run, items = finished_run(out)
+    policy = restore(run, items)
     assert reliability(policy, items) == pytest.approx(summary["reliability"], abs=1e-9)
     texts = [t for i in items for t in i.examples]
     unedited = make_baseline("zero-shot", get_card(run.env)[0], load_model("tiny", device="cpu"))
@@ -169,3 +168,7 @@ def test_eval_run_errors(tmp_path, capsys):
     (tmp_path / "iterations.jsonl").write_text('{"iteration": 0}\n{"iteration": 1}\n')
     assert main(["eval", "--run", str(tmp_path)]) == 2
     assert "stopped after 2 of its 3 evaluations" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({**BASE, "iterations": 1, "model": str(tmp_path / "no-model")}))
+    assert main(["eval", "--run", str(tmp_path), "--episodes", "0"]) == 2  # before the (missing) model loads
+    err = capsys.readouterr().err
+    assert "episodes" in err and "no-model" not in err
