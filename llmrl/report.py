@@ -48,8 +48,9 @@ MIN_RUNS_FOR_IQM = 4  # below this trim_mean cuts int(0.25 * n) = 0 runs per end
 # Hollow markers of decreasing size: curves that coincide (e.g. all at the cap) stay visible.
 MARKERS = {"context": ("o", 10), "adapter": ("s", 7), "weights": ("^", 5), "ppo": ("D", 4),
            "ppo-pixels": ("v", 4)}
+# One colour per strategy (strict: a new strategy without one fails at import, not as a silent repeat).
 COLOURS = dict(zip(STRATEGY_ORDER, ("#7f7f7f", "#bcbd22", "#17becf", "#8c564b", "#e377c2",
-                                    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")))
+                                    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"), strict=True))
 
 
 @dataclass(frozen=True)
@@ -557,7 +558,8 @@ def _plot_curves(env: str, runs: list[Run], stats: list[Stat], score: str) -> by
         mine = [r for r in runs if r.strategy == stat.strategy]
         colour = COLOURS.get(stat.strategy)
         if all(len(r.steps) == 1 for r in mine):  # prompt baselines and random: one point at step 0
-            ax.axhline(stat.iqm, ls="--", lw=1.2, color=colour, label=stat.strategy)
+            # the level in the label: levels that coincide hide each other's lines
+            ax.axhline(stat.iqm, ls="--", lw=1.2, color=colour, label=f"{stat.strategy} ({_num(stat.iqm)})")
             continue
         grid, values = _aligned(mine)
         marker, size = MARKERS.get(stat.strategy, (".", 6))

@@ -339,3 +339,9 @@ def test_aggregate_over_normalised_environments(tmp_path):
     assert "pooled over 2 environments (ALE/Breakout-v5, ALE/Pong-v5)" in section
     c = agg["context"]
     assert f"| context | 4 | {c['iqm']:.2f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}] | {c['mean']:.2f} [" in section
+
+
+def test_every_strategy_has_its_own_colour():
+    from llmrl.report import COLOURS, STRATEGY_ORDER
+
+    assert set(COLOURS) == set(STRATEGY_ORDER) and len(set(COLOURS.values())) == len(STRATEGY_ORDER)
