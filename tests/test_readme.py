@@ -58,3 +58,12 @@ def test_readme_commands_exist(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
     capsys.readouterr()
+
+
+def test_readme_files_exist():
+    text = (ROOT / "README.md").read_text()
+    # outside the repository (../shared) is the workplace's, not the clone's
+    linked = re.findall(r'src="([^"]+)"', text) + re.findall(r"\]\(((?!https?:|#|\.\./)[^)\s]+)\)", text)
+    assert linked, "the README links no files"
+    missing = [path for path in linked if not (ROOT / path.split("#")[0]).exists()]
+    assert not missing, f"README links files the repository lacks: {missing}"
