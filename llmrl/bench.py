@@ -5,7 +5,7 @@ and parses the answer, one environment at a time, no caches. The llmrl policy
 scores action words over a cached prefix, batches K environments per forward
 and skips texts it has already scored. Both play the same card with the same
 zero-shot prompt. The arithmetic rate on uncached tokens is compared with a
-plain fp32 matmul timed in the same process, since these machines are noisy.
+plain matmul in the model's dtype timed in the same process, since these machines are noisy.
 """
 
 from __future__ import annotations

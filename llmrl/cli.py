@@ -138,7 +138,7 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     from llmrl.evaluate import eval_seed
     from llmrl.loop import finished_run, restore
 
-    fixed = sorted({"env", "policy", "model", "mode", "shots", "trajectories"} & set(values))
+    fixed = sorted({"env", "policy", "model", "mode", "normalization", "shots", "trajectories"} & set(values))
     if fixed:
         raise UsageError(f"eval --run plays the run's own edited policy; drop {', '.join(fixed)}")
     run, items = finished_run(values["run"])

@@ -163,6 +163,8 @@ def test_eval_run_errors(tmp_path, capsys):
     assert "not a finished editing-loop run: it lacks config.json" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path), "--policy", "few-shot"]) == 2
     assert "drop policy" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path), "--normalization", "token"]) == 2  # the run's own is replayed
+    assert "drop normalization" in capsys.readouterr().err
     (tmp_path / "config.json").write_text(json.dumps({**BASE, "iterations": 2}))
     (tmp_path / "items.json").write_text('{"items": [], "erased": []}')
     (tmp_path / "iterations.jsonl").write_text('{"iteration": 0}\n{"iteration": 1}\n')
