@@ -163,7 +163,10 @@ def card_paths() -> list[Path]:
             files += sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
         elif root.suffix == ".py" and root.is_file():
             files.append(root)
-        elif root != BUILTIN_CARDS:
+        elif root == BUILTIN_CARDS:  # the cards sit beside the package: a non-editable install lacks them
+            raise UsageError(f"the built-in cards folder {root} is missing; install llmrl from a checkout in "
+                             "editable mode (make install, or pip install -e .)")
+        else:
             raise UsageError(f"LLMRL_CARDS entry {root} is neither a folder nor a .py file")
     return files
 

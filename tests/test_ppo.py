@@ -69,6 +69,12 @@ def test_zoo_hyperparameters_for_cartpole():
     assert (hp["vf_coef"], hp["max_grad_norm"]) == (0.5, 0.5)
 
 
+def test_missing_hyperparameter_folder_is_a_usage_error(tmp_path):
+    # SB3's defaults in its place would train another PPO than the one the report names
+    with pytest.raises(UsageError, match="hyper-parameter folder .* is missing"):
+        load_hyperparameters("CartPole-v1", config_dir=tmp_path / "ppo")
+
+
 def test_lin_schedules_decay_linearly_to_zero():
     kwargs = PPOHyperparameters(**load_hyperparameters("CartPole-v1")).ppo_kwargs()
     lr, clip = kwargs["learning_rate"], kwargs["clip_range"]

@@ -124,6 +124,9 @@ def load_hyperparameters(env: str, observation: str | None = None, config_dir: P
     card family's ``<family>[-<observation>].yaml``; a card with neither gets
     SB3's defaults with one environment.
     """
+    if not Path(config_dir).is_dir():  # beside the package, like the cards: SB3's defaults would hide it
+        raise UsageError(f"PPO's hyper-parameter folder {config_dir} is missing; install llmrl from a checkout "
+                         "in editable mode (make install, or pip install -e .)")
     card, _ = get_card(env)
     suffix = f"-{observation}" if observation else ""
     names = [card.key.replace("/", "_")] + ([card.family] if card.family else [])
