@@ -80,7 +80,11 @@ class Policy:
 
 
 class RandomPolicy(Policy):
-    """Uniform over the action words; the floor every other policy must beat."""
+    """Uniform over the action words; the floor every other policy must beat.
+
+    Its draws follow ``seed`` and do not restart on :meth:`reseed`: a random run is one
+    evaluation, so its run seed already fixes its actions (and the recorded runs keep them).
+    """
 
     def __init__(self, action_words: list[str], seed: int = 0):
         self.action_words = list(action_words)
