@@ -56,9 +56,9 @@ from llmrl.policy import LLMPolicy
 METHODS = ("rome", "memit")
 
 #: Default layers as fractions of depth (0 = first block, 1 = last): for the 30-block default
-#: model MEMIT edits blocks 9, 10, 12, 13 and 14 (rounding skips 11) and ROME block 12. On 32 Taxi items MEMIT at 0.3-0.5 beat
-#: 0.1-0.3 and 0.4-0.6 in reliability and locality (scripts/bench_memit.py); for GPT-2 XL
-#: this lands near MEMIT's 13-17 and ROME's 17 of 48.
+#: model MEMIT edits blocks 9, 10, 12, 13 and 14 (rounding skips 11) and ROME block 12. On 32
+#: Taxi items MEMIT at 0.3-0.5 beat 0.1-0.3 and 0.4-0.6 in reliability and locality
+#: (scripts/bench_memit.py); for GPT-2 XL this lands near MEMIT's 13-17 and ROME's 17 of 48.
 DEFAULT_LAYERS = {"rome": (0.4,), "memit": (0.3, 0.35, 0.4, 0.45, 0.5)}
 
 #: MEMIT's λ per edited item (see WeightsInjector).
