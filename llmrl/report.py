@@ -60,8 +60,10 @@ class Run:
     run_id: str
     env: str
     strategy: str
+    seed: int
     model: str | None
     score: float  # final mean return over the evaluation episodes
+    final_return: float  # the same, raw
     steps: np.ndarray  # the learning curve's env_steps, ascending
     curve: np.ndarray  # mean return at each of those steps
     env_steps: float
@@ -127,6 +129,7 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         env_blocks.append(figures[-1])
         env_blocks += _edit_metrics_blocks(by_env[env])
         env_blocks += _portability_blocks(by_env[env])
+        env_blocks += _per_seed_blocks(by_env[env])
 
     winners = {env: _winner(stats[env]) for env in envs}
     summary = [_summary(env, stats[env], by_env[env]) for env in envs]
@@ -203,8 +206,9 @@ def _parse_run(record: dict, reference_scores: dict[str, tuple[float, float]]) -
     points = sorted((float(p["env_steps"]), float(p["mean_return"])) for p in record["curve"])
     if not points:
         raise ValueError("empty curve")
-    return Run(run_id=str(record["run_id"]), env=env, strategy=record["strategy"], model=record.get("model"),
-               score=scale(float(record["final_mean_return"])),
+    final = float(record["final_mean_return"])
+    return Run(run_id=str(record["run_id"]), env=env, strategy=record["strategy"], seed=int(record["seed"]),
+               model=record.get("model"), score=scale(final), final_return=final,
                steps=np.array([s for s, _ in points]), curve=np.array([scale(v) for _, v in points]),
                env_steps=float(record["env_steps"]), wall_seconds=float(record["wall_seconds"]),
                edit=record.get("edit"),
@@ -505,6 +509,18 @@ def _intro(runs: list[Run], failed: list[tuple[str, str]], envs: list[str]) -> s
             "* marks fewer than 4 runs: nothing is trimmed then, so the IQM is the plain mean and the interval "
             "is only indicative (zero width for a single run). Curves show the IQM over seeds with the "
             "interquartile range shaded; prompt baselines and random, which do not learn, are dashed lines.")
+
+
+def _per_seed_blocks(runs: list[Run]) -> list[_Block]:
+    """Each strategy's raw final return per seed: the runs behind an IQM, in the units a reader quotes."""
+    seeds = sorted({r.seed for r in runs})
+    rows = []
+    for strategy in sorted({r.strategy for r in runs}, key=_order):
+        mine = sorted((r for r in runs if r.strategy == strategy), key=lambda r: r.run_id)
+        rows.append([strategy] + [" / ".join(_num(r.final_return) for r in mine if r.seed == seed) or "-"
+                                  for seed in seeds])
+    return [_Para("Final return per seed (raw, mean over the evaluation episodes; '-' where a seed has no run):"),
+            _Table(["strategy"] + [f"seed {s}" for s in seeds], rows)]
 
 
 def _edit_metrics_blocks(runs: list[Run]) -> list[_Block]:

@@ -145,7 +145,7 @@ def test_tables_print_those_numbers(report):
 def test_portability_table(report):
     md = Path(report["markdown"]).read_text()
     cartpole = md.split("## CartPole-v1")[1].split("\n## ")[0]
-    table = cartpole.split("Portability: final return on the card's variants")[1]
+    table = cartpole.split("Portability: final return on the card's variants")[1].split("Final return per seed")[0]
     rows = re.findall(r"^\| ([a-z-]+) \| (.*) \|$", table, flags=re.M)
     assert rows[0] == ("strategy", "heavy-long-pole")
     ctx = dict(rows)["context"]
@@ -345,3 +345,15 @@ def test_every_strategy_has_its_own_colour():
     from llmrl.report import COLOURS, STRATEGY_ORDER
 
     assert set(COLOURS) == set(STRATEGY_ORDER) and len(set(COLOURS.values())) == len(STRATEGY_ORDER)
+
+
+def test_per_seed_table_gives_raw_final_returns(report):
+    """Normalised environments too: the table quotes the records' returns, not the report's scale."""
+    md = Path(report["markdown"]).read_text()
+    pong = md.split("## ALE/Pong-v5", 1)[1].split("\n## ", 1)[0]
+    assert "| strategy | seed 0 | seed 1 | seed 2 | seed 3 |" in pong
+    assert "| few-shot | -5.00 | -3.00 | 0.00 | -8.00 |" in pong
+    assert "| random | -20.7 | - | - | - |" in pong
+    cartpole = md.split("## CartPole-v1", 1)[1].split("\n## ", 1)[0]
+    assert "| adapter | 500.0 | 400.0 | 430.0 | - | - |" in cartpole  # the failed seed-5 context run is left out
+    assert "seed 5" not in cartpole
