@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from llmrl.errors import UsageError
+from llmrl.errors import EDITABLE_INSTALL, UsageError
 
 BUILTIN_CARDS = Path(__file__).resolve().parent.parent / "envs"
 
@@ -164,8 +164,7 @@ def card_paths() -> list[Path]:
         elif root.suffix == ".py" and root.is_file():
             files.append(root)
         elif root == BUILTIN_CARDS:  # the cards sit beside the package: a non-editable install lacks them
-            raise UsageError(f"the built-in cards folder {root} is missing; install llmrl from a checkout in "
-                             "editable mode (make install, or pip install -e .)")
+            raise UsageError(f"the built-in cards folder {root} is missing; {EDITABLE_INSTALL}")
         else:
             raise UsageError(f"LLMRL_CARDS entry {root} is neither a folder nor a .py file")
     return files

@@ -145,7 +145,7 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     defaults = {"env": run.env, "episodes": run.eval_episodes, "seed": eval_seed(run.seed),
                 "max_steps": run.eval_max_steps, "n_envs": run.n_envs, "device": run.device, "dtype": run.dtype}
     cfg = build(EvalConfig, {**defaults, **values}, source=source)  # bad options fail before the model loads
-    policy = restore(run, items, values.get("device"), values.get("dtype"), cfg.temperature)
+    policy = restore(run, items, cfg.device, cfg.dtype, cfg.temperature)
     return policy, cfg, run.strategy
 
 

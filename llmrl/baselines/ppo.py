@@ -45,7 +45,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from llmrl.cards import Card, get_card
 from llmrl.config import Strict, build, load_yaml
-from llmrl.errors import UsageError
+from llmrl.errors import EDITABLE_INSTALL, UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.policy import Policy, PolicyStats
 
@@ -125,8 +125,7 @@ def load_hyperparameters(env: str, observation: str | None = None, config_dir: P
     SB3's defaults with one environment.
     """
     if not Path(config_dir).is_dir():  # beside the package, like the cards: SB3's defaults would hide it
-        raise UsageError(f"PPO's hyper-parameter folder {config_dir} is missing; install llmrl from a checkout "
-                         "in editable mode (make install, or pip install -e .)")
+        raise UsageError(f"PPO's hyper-parameter folder {config_dir} is missing; {EDITABLE_INSTALL}")
     card, _ = get_card(env)
     suffix = f"-{observation}" if observation else ""
     names = [card.key.replace("/", "_")] + ([card.family] if card.family else [])
