@@ -40,19 +40,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from llmrl.baselines import BASELINES, PROMPT_BASELINES
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
+from llmrl.record import RunRecord, record_path, write_record
+from llmrl.strategies import BY_NAME, NAMES
 
 if TYPE_CHECKING:
     from llmrl.cards import Card
     from llmrl.policy import Policy
 
-EDIT_STRATEGIES = ("context", "adapter", "weights")
-#: Every strategy a grid can hold, in the order reports list them.
-#: PPO learners and the card observation each reads (None: the environment's own).
-PPO_OBSERVATIONS: dict[str, str | None] = {"ppo": None, "ppo-pixels": "pixels"}
-STRATEGIES = BASELINES + EDIT_STRATEGIES + tuple(PPO_OBSERVATIONS)
 #: Packages whose versions every record carries.
 VERSIONED = ("llmrl", "torch", "transformers", "peft", "gymnasium", "stable-baselines3", "minigrid", "numpy")
 #: LoopConfig keys the experiment sets per run; a ``loop`` block may not set them.
@@ -84,12 +80,15 @@ class AblateConfig(Strict):
     """One experiment: the grid and the settings every run shares."""
 
     envs: list[str] = Field(min_length=1)
-    strategies: list[Literal[STRATEGIES]] = Field(min_length=1)  # type: ignore[valid-type]
+    strategies: list[Literal[NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
     #: Seeds: a count (0..n-1) or an explicit list.
     seeds: int | list[int] = 5
     #: Model ids (None: the default model); random and PPO runs use none.
     models: list[str | None] = Field(default_factory=lambda: [None])
     device: str = "auto"
+    #: ``auto`` is resolved when the grid is expanded, where runs go to the CPU (it depends on the CPU
+    #: alone, see llmrl.models.resolve_dtype), so records name the precision they ran in; on a GPU each
+    #: run resolves it from its model's size.
     dtype: str = "auto"
     eval_episodes: int = Field(20, ge=1)
     eval_max_steps: int | None = Field(None, ge=1)
@@ -148,10 +147,10 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
         card, _ = get_card(env)
         loop = {**cfg.loop, **cfg.env_loop.get(env, {})}
         for strategy in cfg.strategies:
-            observation = PPO_OBSERVATIONS.get(strategy)
+            observation = BY_NAME[strategy].observation
             if observation and observation not in card.observations:
                 raise UsageError(f"{strategy} needs the {observation!r} observation, which card {card.key} lacks")
-            modelless = strategy == "random" or strategy in PPO_OBSERVATIONS
+            modelless = not BY_NAME[strategy].needs_model
             models = [None] if modelless else cfg.models
             for model in models:
                 for seed in cfg.seed_list():
@@ -169,22 +168,27 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
 def _run_config(cfg: AblateConfig, env: str, strategy: str, seed: int, model: str | None,
                 loop: dict[str, Any]) -> dict[str, Any]:
     """The resolved settings of one run; for editing runs, a validated LoopConfig."""
+    from llmrl.models import run_dtype
+
     shared = {"env": env, "strategy": strategy, "seed": seed, "model": model, "device": cfg.device,
-              "dtype": cfg.dtype, "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps,
-              "portability": cfg.portability}
-    looped = build(LoopConfig, {**loop, **shared, "strategy": "context" if strategy not in EDIT_STRATEGIES
-                                else strategy, "strategy_options": cfg.strategy_options.get(strategy, {})},
+              "dtype": run_dtype(cfg.dtype, cfg.device), "eval_episodes": cfg.eval_episodes,
+              "eval_max_steps": cfg.eval_max_steps, "portability": cfg.portability}
+    kind = BY_NAME[strategy].kind
+    # Every run spends the loop's budget; only an edit run is a loop (the others check the loop's settings
+    # as a loop that injects nothing).
+    looped = build(LoopConfig, {**loop, **shared, "strategy": strategy if kind == "edit" else "none",
+                                "strategy_options": cfg.strategy_options.get(strategy, {})},
                    source=f"loop settings for {env}")
     budget = looped.iterations * looped.steps_per_iteration
-    if strategy in EDIT_STRATEGIES:
+    if kind == "edit":
         return {**looped.model_dump(mode="json"), "out": None}
-    if strategy in PPO_OBSERVATIONS:
+    if kind == "ppo":
         total = cfg.ppo.steps or budget
         run = {**shared, "model": None, "total_steps": total,
                "eval_every": cfg.ppo.eval_every or looped.steps_per_iteration, "n_envs": looped.n_envs}
         # Keys only where they differ from plain PPO at the loop's budget, so earlier records still match.
-        if PPO_OBSERVATIONS[strategy]:
-            run["observation"] = PPO_OBSERVATIONS[strategy]
+        if BY_NAME[strategy].observation:
+            run["observation"] = BY_NAME[strategy].observation
         if total != budget:
             run["eval_also_at"] = budget
         return run
@@ -204,35 +208,23 @@ def versions() -> dict[str, str]:
 # -- one run ------------------------------------------------------------------------------------------
 
 
-def execute(spec: RunSpec, results: str, threads: int | None = None) -> dict[str, Any]:
+def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecord:
     """Run one grid cell and return its record; never raises (a failure is a record too)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
-    record: dict[str, Any] = {
-        "run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
-        "model": spec.model, "kind": _kind(spec.strategy), "config": spec.config,
-        "card_version": spec.card_version, "versions": versions(),
-        "started": started, "host": platform.node(), "edit": None, "error": None,
-    }
+    kind = BY_NAME[spec.strategy].kind
+    base = {"run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
+            "model": spec.model, "kind": kind, "config": spec.config, "card_version": spec.card_version,
+            "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": platform.node()}
     try:
-        outcome = _RUNNERS[record["kind"]](spec, Path(results) / "runs" / spec.run_id)
-        record.update(outcome, status="ok")
+        outcome = _RUNNERS[kind](spec, Path(results) / "runs" / spec.run_id)
+        return RunRecord(**{**base, **outcome}, status="ok", wall_seconds=time.perf_counter() - t0)
     except Exception:  # noqa: BLE001 - a failed run is recorded, and the grid goes on
-        record.update(status="failed", error=traceback.format_exc())
-    record["wall_seconds"] = time.perf_counter() - t0
-    return record
-
-
-def _kind(strategy: str) -> str:
-    if strategy in EDIT_STRATEGIES:
-        return "edit"
-    if strategy in PROMPT_BASELINES:
-        return "prompt"
-    return "ppo" if strategy in PPO_OBSERVATIONS else strategy  # random, ppo
+        return RunRecord(**base, status="failed", error=traceback.format_exc(), wall_seconds=time.perf_counter() - t0)
 
 
 def _point(env_steps: int, returns: list[float]) -> dict[str, Any]:
@@ -272,17 +264,11 @@ def _portability(spec: RunSpec, policy: Policy, card: Card, variant: str | None)
 def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.loop import run
 
-    cfg = LoopConfig(**{**spec.config, "out": folder})
-    rows: list[dict] = []
-    summary = run(cfg, progress=False, on_row=rows.append)
-    last = rows[-1]
-    edit = {k: summary[k] for k in ("reliability", "generalization", "locality_kl", "locality_top1",
-                                    "edit_seconds", "params_touched", "items")}
-    return {"model": summary["model"], "runtime": summary["runtime"],
-            "env_steps": summary["env_steps"],
-            "curve": [_point(r["env_steps"], r["eval_returns"]) for r in rows],
-            "final_mean_return": last["eval_mean_return"], "final_returns": last["eval_returns"], "edit": edit,
-            "portability": summary["portability"]}
+    summary = run(LoopConfig(**{**spec.config, "out": folder}), progress=False)
+    return {"model": summary.model, "runtime": summary.runtime, "env_steps": summary.env_steps,
+            "curve": [_point(r["env_steps"], r["eval_returns"]) for r in summary.rows],
+            "final_mean_return": summary.final_mean_return, "final_returns": summary.final_returns,
+            "edit": summary.edit, "portability": summary.portability}
 
 
 def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
@@ -307,23 +293,6 @@ _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {
 
 
 # -- records ------------------------------------------------------------------------------------------
-
-
-def record_path(results: Path, run_id: str) -> Path:
-    return results / "runs" / f"{run_id}.json"
-
-
-def write_record(results: Path, record: dict[str, Any]) -> Path:
-    """Atomically: a reader (or a resumed experiment) sees the whole record or none of it."""
-    path = record_path(results, record["run_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def status(results: Path, spec: RunSpec) -> str:
@@ -358,7 +327,7 @@ def fingerprint(specs: list[RunSpec]) -> str:
 # -- backends -------------------------------------------------------------------------------------------
 
 
-def run_local(specs: list[RunSpec], results: Path, workers: int, threads: int | None) -> Iterator[dict]:
+def run_local(specs: list[RunSpec], results: Path, workers: int, threads: int | None) -> Iterator[RunRecord]:
     """Runs in this process (one worker) or in ``workers`` spawned processes; yields records as they finish."""
     if workers == 1:
         for spec in specs:
@@ -382,7 +351,7 @@ def _die_with_parent() -> None:
 
 
 def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: float, gpus: float,
-            threads: int | None) -> Iterator[dict]:
+            threads: int | None) -> Iterator[RunRecord]:
     """One Ray task per run with its resource request; records come back to the driver, which writes them."""
     import ray
 
@@ -402,7 +371,7 @@ def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: floa
 
 
 def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address: str | None = None,
-           on_record: Callable[[dict, int, int], None] | None = None) -> dict[str, Any]:
+           on_record: Callable[[RunRecord, int, int], None] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the grid; returns counts and the results folder."""
     specs = expand(cfg)
     results = cfg.out
@@ -420,7 +389,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
     failed = 0
     for n, record in enumerate(records, 1):
         write_record(results, record)
-        failed += record["status"] == "failed"
+        failed += not record.ok
         if on_record:
             on_record(record, n, len(todo))
     return {"runs": len(specs), "skipped": len(specs) - len(todo), "ran": len(todo), "failed": failed,

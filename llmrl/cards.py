@@ -3,10 +3,11 @@
 A card turns a raw Gymnasium observation into short text (numbers read aloud
 with units) plus a *situation* phrase (the discrete, qualitative part that
 knowledge is stored under), and maps action words to the environment's
-actions. Cards live as Python modules in the repository's ``envs/`` folder, or
-in any folder or file named by the ``LLMRL_CARDS`` environment variable
-(``os.pathsep``-separated); each module lists its cards in ``CARDS``. Adding an
-environment therefore needs no change to ``llmrl/``.
+actions. The built-in cards live in the repository's ``envs/`` folder, which
+installs as the package ``llmrl.envs``; further cards in any folder or file
+named by the ``LLMRL_CARDS`` environment variable (``os.pathsep``-separated).
+Each module lists its cards in ``CARDS``. Adding an environment therefore needs
+no change to ``llmrl/`` (see docs/cards.md).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from llmrl.errors import EDITABLE_INSTALL, UsageError
+import llmrl.envs
+from llmrl.errors import UsageError
 
-BUILTIN_CARDS = Path(__file__).resolve().parent.parent / "envs"
+BUILTIN_CARDS = Path(llmrl.envs.__file__).parent
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ _LOADED = False
 
 
 def card_paths() -> list[Path]:
-    """Card modules: the built-in ``envs/`` folder, then ``LLMRL_CARDS`` entries."""
+    """Card modules: the built-in ones (``llmrl.envs``), then ``LLMRL_CARDS`` entries."""
     roots = [BUILTIN_CARDS] + [Path(p) for p in os.environ.get("LLMRL_CARDS", "").split(os.pathsep) if p]
     files: list[Path] = []
     for root in roots:
@@ -163,21 +165,24 @@ def card_paths() -> list[Path]:
             files += sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
         elif root.suffix == ".py" and root.is_file():
             files.append(root)
-        elif root == BUILTIN_CARDS:  # the cards sit beside the package: a non-editable install lacks them
-            raise UsageError(f"the built-in cards folder {root} is missing; {EDITABLE_INSTALL}")
         else:
             raise UsageError(f"LLMRL_CARDS entry {root} is neither a folder nor a .py file")
     return files
 
 
 def _load_module(path: Path) -> None:
-    name = f"llmrl_cards.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    """Import a card module: a built-in one as ``llmrl.envs.<name>`` (so that a user's card can subclass
+    its classes from the same module), any other from its file as ``llmrl_cards.<name>``."""
     try:
-        spec.loader.exec_module(module)
+        if path.parent == BUILTIN_CARDS:
+            module = importlib.import_module(f"llmrl.envs.{path.stem}")
+        else:
+            name = f"llmrl_cards.{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
     except Exception as exc:  # a broken user card must not look like an llmrl bug
         raise UsageError(f"cannot load card module {path}: {type(exc).__name__}: {exc}") from exc
     cards = getattr(module, "CARDS", None)
@@ -210,7 +215,7 @@ def get_card(env: str) -> tuple[Card, str | None]:
     if key not in cards:
         raise UsageError(
             f"no card for environment {key!r}; known: {', '.join(sorted(cards))} "
-            "(add one in envs/ or a folder named by LLMRL_CARDS; see README)"
+            "(add one in a folder named by LLMRL_CARDS; see docs/cards.md)"
         )
     card = cards[key]
     if variant and variant not in card.variants:

@@ -18,6 +18,7 @@ from llmrl.errors import UsageError
 if TYPE_CHECKING:
     from llmrl.config import EvalConfig
     from llmrl.policy import LLMPolicy
+    from llmrl.record import RunRecord
 
 EXIT_USAGE = 2
 
@@ -42,7 +43,8 @@ def _quiet_libraries() -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", help="auto (default: bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--dtype", help="auto (default: bf16 on a CPU with native bf16 and for models of 1B+ "
+                                   "parameters on a GPU, else fp32), float32, bfloat16, float16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,13 +152,14 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from llmrl.baselines import BASELINES, make_baseline
+    from llmrl.baselines import make_baseline
     from llmrl.cards import get_card
     from llmrl.config import EvalConfig, build, load_yaml
     from llmrl.evaluate import evaluate
     from llmrl.models import load_model
     from llmrl.policy import LLMPolicy
     from llmrl.rollout import save_trajectories
+    from llmrl.strategies import BASELINES
 
     values = load_yaml(args.config) if args.config else {}
     values.update(_options(args, list(EvalConfig.model_fields)))
@@ -212,8 +215,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     summary = run(cfg, progress=sys.stderr.isatty(), on_row=show)
     if not args.json:
-        print(f"results in {summary['out']}")
-    return summary
+        print(f"results in {summary.out}")
+    return summary.to_json()
 
 
 def cmd_ablate(args: argparse.Namespace) -> dict:
@@ -230,12 +233,12 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
             print(f"{len(runs)} runs, {sum(r['status'] == 'ok' for r in runs)} done, results in {cfg.out}")
         return {"runs": runs, "out": str(cfg.out)}
 
-    def show(record: dict, n: int, total: int) -> None:
+    def show(record: RunRecord, n: int, total: int) -> None:
         if not args.json:
-            outcome = (f"return {record['final_mean_return']:.1f}" if record["status"] == "ok"
-                       else record["error"].strip().splitlines()[-1])
-            print(f"[{n}/{total}] {record['status']:<6} {record['run_id']}  {outcome}  "
-                  f"({record['wall_seconds']:.0f} s)", flush=True)
+            outcome = (f"return {record.final_mean_return:.1f}" if record.ok
+                       else (record.error or "").strip().splitlines()[-1])
+            print(f"[{n}/{total}] {record.status:<6} {record.run_id}  {outcome}  "
+                  f"({record.wall_seconds:.0f} s)", flush=True)
 
     summary = ablate(cfg, args.backend, args.workers, args.address, on_record=show)
     if not args.json:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmrl.errors import UsageError
+from llmrl.strategies import EDIT_STRATEGIES
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -74,7 +75,8 @@ class LoopConfig(Strict):
     """Everything ``llmrl run`` needs: one editing-loop run."""
 
     env: str
-    strategy: Literal["context", "adapter", "weights", "none"]
+    #: An edit strategy (see llmrl.strategies), or ``none``: collect knowledge, inject nothing.
+    strategy: Literal[EDIT_STRATEGIES + ("none",)]  # type: ignore[valid-type]
     #: The prompt baseline the edits start from.
     base_policy: Literal["zero-shot", "expert-hint", "few-shot"] = "zero-shot"
     model: str | None = None

@@ -6,10 +6,6 @@ line and exits with code 2 instead of showing a traceback.
 """
 
 
-#: The fix for data that sits beside the package (envs/, configs/ppo/): a non-editable install lacks it.
-EDITABLE_INSTALL = "install llmrl from a checkout in editable mode (make install, or pip install -e .)"
-
-
 class UsageError(Exception):
     """Bad input from the user; the message says what to do instead."""
 

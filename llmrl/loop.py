@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,28 +31,24 @@ from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_s
 from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
+from llmrl.record import EditMetrics
 from llmrl.rollout import rollout
+from llmrl.strategies import EDIT_STRATEGIES, injector_class
 
 def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
-    """The injector of ``strategy``, built from the config's ``strategy_options``.
+    """The injector of edit strategy ``strategy``, built from the config's ``strategy_options``.
 
     The adapter's locality regulariser gets the shipped training prompts (never
     the held-out ones the locality metric uses) and saves under ``out``.
     """
-    if strategy == "context":
-        from llmrl.inject.context import ContextInjector as cls
-    elif strategy == "adapter":
-        from llmrl.inject.adapter import AdapterInjector as cls
-
+    if strategy not in EDIT_STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(EDIT_STRATEGIES)}")
+    if strategy == "adapter":
         options.setdefault("locality_prompts", locality_prompts("train"))
         if out is not None:
             options.setdefault("save_dir", out / "adapter")
-    elif strategy == "weights":
-        from llmrl.inject.weights import WeightsInjector as cls
-    else:
-        raise UsageError(f"unknown strategy {strategy!r}; choose context, adapter or weights")
     try:
-        return cls(**options)
+        return injector_class(strategy)(**options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad strategy_options for {strategy}: {exc}") from exc
 
@@ -87,7 +84,35 @@ class Exploring(Policy):
         return actions
 
 
-def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
+@dataclass(frozen=True)
+class LoopSummary:
+    """What one run of the loop ends with: its last evaluation and edit, and every iteration's row."""
+
+    env: str
+    strategy: str
+    model: str
+    runtime: dict[str, str]
+    seed: int
+    iterations: int
+    env_steps: int
+    #: One per evaluation (iteration 0 is the untouched policy), as in ``iterations.jsonl``.
+    rows: list[dict[str, Any]]
+    final_mean_return: float
+    final_std_return: float
+    final_returns: list[float]
+    initial_mean_return: float
+    #: The last edit (the last iteration's items and metrics).
+    edit: EditMetrics
+    portability: dict[str, dict] | None
+    out: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary ``llmrl run --json`` prints: everything but the per-iteration rows, the edit flattened."""
+        flat = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("rows", "edit")}
+        return {**flat, **self.edit.model_dump()}
+
+
+def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] | None = None) -> LoopSummary:
     """Run the loop; writes its outputs to ``cfg.out`` and returns the summary."""
     card, variant = get_card(cfg.env)
     card.make_env(variant).close()
@@ -150,16 +175,13 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
             {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
             indent=2))
     last = rows[-1]
-    return {
-        "env": card.key + (f":{variant}" if variant else ""), "strategy": cfg.strategy, "model": lm.name,
-        "runtime": lm.runtime, "seed": cfg.seed, "iterations": cfg.iterations, "env_steps": env_steps,
-        "final_mean_return": last["eval_mean_return"], "final_std_return": last["eval_std_return"],
-        "initial_mean_return": rows[0]["eval_mean_return"], "items": len(kb.items),
-        "reliability": last["reliability"], "generalization": last["generalization"],
-        "locality_kl": last["locality_kl"], "locality_top1": last["locality_top1"],
-        "edit_seconds": last["edit_seconds"], "params_touched": last["params_touched"],
-        "portability": last.get("portability"), "out": str(out),
-    }
+    return LoopSummary(
+        env=card.key + (f":{variant}" if variant else ""), strategy=cfg.strategy, model=lm.name, runtime=lm.runtime,
+        seed=cfg.seed, iterations=cfg.iterations, env_steps=env_steps, rows=rows,
+        final_mean_return=last["eval_mean_return"], final_std_return=last["eval_std_return"],
+        final_returns=last["eval_returns"], initial_mean_return=rows[0]["eval_mean_return"],
+        edit=EditMetrics(items=len(kb.items), **{k: last[k] for k in EditMetrics.model_fields if k != "items"}),
+        portability=last.get("portability"), out=str(out))
 
 
 def _base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: float = 0.0) -> LLMPolicy:

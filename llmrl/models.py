@@ -57,7 +57,7 @@ class LoadedModel:
     @property
     def runtime(self) -> dict[str, str]:
         """Where and in what precision the model runs, as run records store it."""
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+        return {"device": str(self.device), "dtype": dtype_name(self.dtype)}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -75,18 +75,47 @@ def resolve_device(device: str = "auto") -> torch.device:
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+#: On a GPU, models below this many parameters run in fp32: kernel launches, not arithmetic, bound
+#: them, and fp32 was faster than bf16 for the 135M default on an H100 (docs/policy.md).
+SMALL_MODEL_PARAMETERS = 1_000_000_000
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a GPU and fp32, the reference precision, on the CPU.
 
-    bf16 on a CPU is fast only with native bf16 instructions (AVX512-BF16, AMX), so
-    experiment configs choose it explicitly where they were measured to gain from it.
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), as torch reports it.
+
+    Without it torch emulates bf16, several times slower than fp32.
+    """
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe() for probe in probes if probe is not None)
+
+
+def resolve_dtype(dtype: str, device: torch.device, parameters: int | None = None) -> torch.dtype:
+    """The precision to run in; ``auto`` is bf16 where it is both fast and safe, fp32 otherwise.
+
+    On a CPU, bf16 only with native bf16 instructions (2.7x fp32's decisions/s on one with
+    AVX512-BF16); on a GPU, bf16 from :data:`SMALL_MODEL_PARAMETERS` parameters on (or when the
+    size is not known), fp32 below.
     """
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cpu":
+            return torch.bfloat16 if native_bf16() else torch.float32
+        small = parameters is not None and parameters < SMALL_MODEL_PARAMETERS
+        return torch.float32 if small else torch.bfloat16
     if dtype not in _DTYPES:
         raise UsageError(f"bad dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def run_dtype(dtype: str, device: str) -> str:
+    """``dtype`` as a grid run records it: ``auto`` named where the run goes to the CPU, whose precision
+    depends on the CPU alone; on a GPU it depends on the model, so the run resolves it."""
+    if dtype == "auto" and resolve_device(device).type == "cpu":
+        return dtype_name(resolve_dtype(dtype, torch.device("cpu")))
+    return dtype
 
 
 def fetch_default(force: bool = False, quiet: bool = False) -> Path:
@@ -154,13 +183,14 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
     Never passes ``trust_remote_code``: only architectures transformers ships load.
     """
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    fixed = None if dtype == "auto" else resolve_dtype(dtype, dev)  # a bad dtype fails before any loading
     t0 = time.perf_counter()
     if name in (None, "", "default", DEFAULT_MODEL):
         fetch_default()
         name, source, kwargs = DEFAULT_MODEL, default_model_dir(), {}
     elif name == TINY_MODEL:
         fetch_default()
+        dt = fixed or resolve_dtype(dtype, dev, parameters=0)
         model = tiny_model().to(device=dev, dtype=dt).eval()
         tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
         return LoadedModel(model, tokenizer, TINY_MODEL, dev, dt)
@@ -177,6 +207,8 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
         else:
             source, kwargs = name, {}
     try:
+        parameters = count_parameters(source, **kwargs) if fixed is None and dev.type != "cpu" else None
+        dt = fixed or resolve_dtype(dtype, dev, parameters)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
     except (OSError, ValueError) as exc:
@@ -188,6 +220,14 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
         tokenizer.pad_token = tokenizer.eos_token
     model.llmrl_load_seconds = time.perf_counter() - t0
     return LoadedModel(model, tokenizer, str(name), dev, dt)
+
+
+def count_parameters(source: Path | str, **kwargs: str) -> int:
+    """Parameters of the model at ``source``, from its config alone (built on the meta device, no weights)."""
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def model_info(loaded: LoadedModel) -> dict:

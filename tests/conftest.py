@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 @pytest.fixture(scope="session")
 def tiny() -> LoadedModel:
-    return load_model("tiny", device="cpu")
+    return load_model("tiny", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def real() -> LoadedModel:
-    return load_model(None, device="cpu")
+    return load_model(None, device="cpu", dtype="float32")
 
 
 def pytest_collection_modifyitems(config, items):

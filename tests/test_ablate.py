@@ -14,10 +14,12 @@ import pytest
 import yaml
 
 import llmrl.ablate as ablate_mod
+import llmrl.models
 from llmrl.ablate import AblateConfig, ablate, expand, load_config, status
 from llmrl.cli import main
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
+from llmrl.record import read_record, record_path, write_record
 
 TINY_LOOP = {"iterations": 1, "steps_per_iteration": 48, "n_envs": 4, "min_support": 2, "z": 0.5, "locality": False}
 
@@ -65,16 +67,23 @@ def test_ppo_learners_budgets_and_reference_scores(tmp_path):
             expand(load_config(grid(tmp_path, reference_scores=refs)))
 
 
+def write_raw(results: Path, data: dict) -> None:
+    """A record file as an earlier llmrl (or a hand) wrote it."""
+    path = record_path(results, data["run_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
 def test_records_from_before_a_new_loop_option_still_count(tmp_path):
     """A loop option added later, at its default, does not invalidate finished runs; set otherwise, it does."""
     cfg = load_config(grid(tmp_path, strategies=["context"], seeds=1))
     spec = expand(cfg)[0]
     old = {k: v for k, v in spec.config.items() if k != "explore_hold"}  # a record written before the option
-    ablate_mod.write_record(cfg.out, {"run_id": spec.run_id, "config": old, "status": "ok"})
+    write_raw(cfg.out, {"run_id": spec.run_id, "config": old, "status": "ok"})
     assert status(cfg.out, spec) == "ok"
     held = expand(load_config(grid(tmp_path, strategies=["context"], seeds=1, loop={**TINY_LOOP, "explore_hold": 4})))
     assert status(cfg.out, held[0]) == "todo"
-    ablate_mod.write_record(cfg.out, {"run_id": spec.run_id, "config": {**old, "gone": 1}, "status": "ok"})
+    write_raw(cfg.out, {"run_id": spec.run_id, "config": {**old, "gone": 1}, "status": "ok"})
     assert status(cfg.out, spec) == "todo"  # a key the current config lacks is a different run
 
 
@@ -84,15 +93,26 @@ def test_a_new_card_version_redoes_the_runs_recorded_with_the_old_one(tmp_path, 
     spec = expand(cfg)[0]
     assert spec.card_version == 1
     record = ablate_mod.execute(spec, str(cfg.out))
-    assert record["card_version"] == 1
-    ablate_mod.write_record(cfg.out, record)
+    assert record.card_version == 1
+    write_record(cfg.out, record)
     assert status(cfg.out, spec) == "ok"
-    ablate_mod.write_record(cfg.out, {k: v for k, v in record.items() if k != "card_version"})
+    write_raw(cfg.out, {k: v for k, v in record.dump().items() if k != "card_version"})
     assert status(cfg.out, spec) == "ok"  # written before card versions: version 1
+    assert read_record(record_path(cfg.out, spec.run_id)).card_version == 1
     card, _ = get_card("CartPole-v1")
     monkeypatch.setattr(type(card), "version", 2)
     bumped = expand(cfg)[0]
     assert bumped.card_version == 2 and status(cfg.out, bumped) == "todo"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_named_per_run_on_a_cpu(tmp_path, monkeypatch, native):
+    """On a CPU the precision depends on the CPU alone, so the run config (and so resuming) names it."""
+    monkeypatch.setattr(llmrl.models, "native_bf16", lambda: native)
+    specs = expand(load_config(grid(tmp_path, strategies=["random", "context"], seeds=1)))
+    assert {s.config["dtype"] for s in specs} == {"bfloat16" if native else "float32"}
+    fixed = expand(load_config(grid(tmp_path, strategies=["context"], seeds=1, dtype="float32")))
+    assert fixed[0].config["dtype"] == "float32"
 
 
 def test_env_loop_overrides_and_bad_grids(tmp_path):
@@ -122,7 +142,8 @@ def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
     assert zero["curve"][0]["env_steps"] == 0 and zero["final_mean_return"] == zero["curve"][0]["mean_return"]
     assert zero["config"]["seed"] == 1 and {"python", "torch", "transformers", "gymnasium"} <= set(zero["versions"])
     assert got["CartPole-v1__random__s0__none"]["model"] is None
-    assert zero["runtime"] == {"device": "cpu", "dtype": "float32"} and context["runtime"] == zero["runtime"]
+    # dtype auto, named when the grid is expanded: the record says the precision the run played in
+    assert zero["runtime"] == {"device": "cpu", "dtype": zero["config"]["dtype"]} and context["runtime"] == zero["runtime"]
     for run in got.values():  # every strategy also played CartPole's one variant
         assert set(run["portability"]) == {"heavy-long-pole"} and len(run["portability"]["heavy-long-pole"]["returns"]) == 2
 

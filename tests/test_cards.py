@@ -343,15 +343,6 @@ def test_unknown_card_or_variant_is_a_usage_error() -> None:
         card_of("CartPole-v1").make_env("upside-down")
 
 
-def test_install_without_the_cards_folder_is_a_usage_error(tmp_path, monkeypatch) -> None:
-    """A non-editable install has no envs/ beside the package; say so instead of "no card for CartPole"."""
-    import llmrl.cards
-
-    monkeypatch.setattr(llmrl.cards, "BUILTIN_CARDS", tmp_path / "envs")
-    with pytest.raises(UsageError, match="built-in cards folder .* is missing; install llmrl from a checkout"):
-        llmrl.cards.card_paths()
-
-
 class PendulumWithoutWords(Card):
     """Pendulum's action space is a Box: with no action words the card cannot drive it."""
 

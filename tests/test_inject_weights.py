@@ -20,11 +20,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
-import llmrl.inject.weights as weights
+import llmrl.inject.weights.forwards as forwards
+import llmrl.inject.weights.injector as injector
+import llmrl.inject.weights.statistics as statistics
 from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
-from llmrl.inject.weights import WeightsInjector, find_layout, resolve_layers, subject_position
+from llmrl.inject.weights import WeightsInjector, find_layout, resolve_layers
+from llmrl.inject.weights.prompts import make_prompt, subject_position
 from llmrl.knowledge import KnowledgeItem
 from llmrl.models import LoadedModel
 from llmrl.policy import LLMPolicy
@@ -323,14 +326,14 @@ def test_split_prompts_and_replayed_blocks_score_like_the_policy(trained_models)
     assert isinstance(policy, LLMPolicy)
     situation = "the car is standing still"
     answer = policy.answer_text("push left")
-    prompts = [weights._make_prompt(lm.tokenizer, policy.decision_prompt(t), situation, answer) for t in texts]
+    prompts = [make_prompt(lm.tokenizer, policy.decision_prompt(t), situation, answer) for t in texts]
     pad = lm.tokenizer.pad_token_id
-    rows = weights._rows(lm.model, prompts, [0] * len(prompts), pad)
+    rows = forwards.cache_rows(lm.model, prompts, [0] * len(prompts), pad)
     layout = find_layout(lm.model)
     with torch.no_grad():
-        plain = weights._answer_logp(lm.model, rows, pad)
-        with weights._replay(layout.blocks[:1], weights._block_output(lm.model, layout.blocks[0], rows, pad)):
-            replayed = weights._answer_logp(lm.model, rows, pad)
+        plain = forwards.answer_logp(lm.model, rows, pad)
+        with forwards.replay(layout.blocks[:1], forwards.block_output(lm.model, layout.blocks[0], rows, pad)):
+            replayed = forwards.answer_logp(lm.model, rows, pad)
     assert len(prompts[0].answer) == 2
     expected = policy.scores(texts)[:, policy.action_words.index("push left")]
     torch.testing.assert_close(plain, expected, atol=1e-4, rtol=0)  # per token = per word here
@@ -352,13 +355,13 @@ def test_statistics_are_cached_and_reused(trained_models, tiny, stats_cache, mon
     def no_sampling(*args, **kwargs):
         raise AssertionError("statistics recomputed")
 
-    sample = weights.sample_corpus
-    monkeypatch.setattr(weights, "sample_corpus", no_sampling)
+    sample = injector.sample_corpus
+    monkeypatch.setattr(injector, "sample_corpus", no_sampling)
     second = WeightsInjector(**TINY).inject(policy, items)
     assert second.info["stats_cached"] is True and second.info["stats_dir"] == first.info["stats_dir"]
     second.undo()
     # Another model (other random weights) gets its own statistics.
-    monkeypatch.setattr(weights, "sample_corpus", sample)
+    monkeypatch.setattr(injector, "sample_corpus", sample)
     other = WeightsInjector(**TINY).inject(signal_policy(new_model(tiny, "llama", seed=1)), items)
     assert other.info["stats_dir"] != first.info["stats_dir"] and other.info["stats_cached"] is False
 
@@ -367,7 +370,7 @@ def test_second_moments_match_a_direct_computation(tiny):
     model = new_model(tiny, "llama").model
     layout = find_layout(model)
     corpus = [tiny.tokenizer(text, add_special_tokens=False).input_ids for text in ("The cat sat on the mat.", "Rain")]
-    moments, count = weights.second_moments(model, layout, [0, 1], weights.Corpus(corpus, [[1], []]),
+    moments, count = statistics.second_moments(model, layout, [0, 1], statistics.Corpus(corpus, [[1], []]),
                                             tiny.tokenizer.pad_token_id)
     keys: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     hooks = [layout.projections[i].register_forward_pre_hook(lambda m, a, i=i: keys[i].append(a[0][0]))

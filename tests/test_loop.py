@@ -150,7 +150,7 @@ def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch,
     policy = restore(run, items)
     assert reliability(policy, items) == pytest.approx(summary["reliability"], abs=1e-9)
     texts = [t for i in items for t in i.examples]
-    unedited = make_baseline("zero-shot", get_card(run.env)[0], load_model("tiny", device="cpu"))
+    unedited = make_baseline("zero-shot", get_card(run.env)[0], load_model("tiny", device="cpu", dtype="float32"))
     assert not torch.equal(policy.scores(texts), unedited.scores(texts))
     policy.temperature = 1.0  # as `eval --run --temperature 1` builds it
     sampled = [evaluate(policy, get_card(run.env)[0], strategy, "tiny", 3, seed=eval_seed(run.seed),

@@ -43,7 +43,7 @@ def record(env: str, strategy: str, seed: int, curve: list[tuple[int, float]], k
     return {"run_id": f"{env.replace('/', '-')}__{strategy}__s{seed}__SmolLM2-135M-Instruct", "status": "ok",
             "env": env, "strategy": strategy, "seed": seed,
             "model": None if kind in ("random", "ppo") else "SmolLM2-135M-Instruct", "kind": kind,
-            "config": {}, "versions": {"python": "3.11"}, "started": "2026-11-25T10:00:00Z",
+            "config": {}, "versions": {"python": "3.11"}, "started": "2026-11-25T10:00:00Z", "host": "test",
             "wall_seconds": 100.0 + seed, "env_steps": curve[-1][0] if env_steps is None else env_steps,
             "curve": [{"env_steps": s, "mean_return": r, "returns": [r]} for s, r in curve],
             "final_mean_return": curve[-1][1], "final_returns": [curve[-1][1]], "edit": edit, "error": None}
@@ -51,7 +51,7 @@ def record(env: str, strategy: str, seed: int, curve: list[tuple[int, float]], k
 
 def edit_metrics(seed: int) -> dict:
     return {"reliability": 1.0 - 0.1 * seed, "generalization": 0.9, "locality_kl": 0.0004, "locality_top1": 0.98,
-            "edit_seconds": 4.0, "params_touched": 4423658}
+            "edit_seconds": 4.0, "params_touched": 4423658, "items": 3}
 
 
 # Final returns by (env, strategy): five seeds unless said otherwise.
@@ -342,9 +342,10 @@ def test_aggregate_over_normalised_environments(tmp_path):
 
 
 def test_every_strategy_has_its_own_colour():
-    from llmrl.report import COLOURS, STRATEGY_ORDER
+    from llmrl.report.figures import COLOURS
+    from llmrl.strategies import NAMES
 
-    assert set(COLOURS) == set(STRATEGY_ORDER) and len(set(COLOURS.values())) == len(STRATEGY_ORDER)
+    assert set(COLOURS) == set(NAMES) and len(set(COLOURS.values())) == len(NAMES)
 
 
 def test_per_seed_table_gives_raw_final_returns(report):

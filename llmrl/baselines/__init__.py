@@ -21,9 +21,7 @@ from llmrl.models import LoadedModel
 from llmrl.policy import LLMPolicy, Policy, RandomPolicy
 from llmrl.prompts import Prompt, card_prompt
 from llmrl.rollout import load_trajectories
-
-PROMPT_BASELINES = ("zero-shot", "few-shot", "chain-of-thought", "expert-hint")
-BASELINES = ("random",) + PROMPT_BASELINES
+from llmrl.strategies import BASELINES
 
 
 def few_shot_examples(card: Card, k: int, trajectories: Path | None = None) -> list[tuple[str, str]]:

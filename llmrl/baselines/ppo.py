@@ -43,13 +43,14 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
+import llmrl.configs
 from llmrl.cards import Card, get_card
 from llmrl.config import Strict, build, load_yaml
-from llmrl.errors import EDITABLE_INSTALL, UsageError
+from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.policy import Policy, PolicyStats
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "ppo"
+CONFIG_DIR = Path(llmrl.configs.__file__).parent / "ppo"
 SB3_DEFAULTS = "stable-baselines3 defaults"
 #: Environments the evaluator steps together; episodes are seeded one by one, so only batching rounding depends on it.
 EVAL_ENVS = 8
@@ -124,8 +125,8 @@ def load_hyperparameters(env: str, observation: str | None = None, config_dir: P
     card family's ``<family>[-<observation>].yaml``; a card with neither gets
     SB3's defaults with one environment.
     """
-    if not Path(config_dir).is_dir():  # beside the package, like the cards: SB3's defaults would hide it
-        raise UsageError(f"PPO's hyper-parameter folder {config_dir} is missing; {EDITABLE_INSTALL}")
+    if not Path(config_dir).is_dir():  # SB3's defaults under the Zoo's name would hide it
+        raise UsageError(f"PPO's hyper-parameter folder {config_dir} is missing")
     card, _ = get_card(env)
     suffix = f"-{observation}" if observation else ""
     names = [card.key.replace("/", "_")] + ([card.family] if card.family else [])

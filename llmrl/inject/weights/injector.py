@@ -1,0 +1,299 @@
+"""The weights injector: value vectors by optimisation, then ROME's or MEMIT's closed-form update."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from llmrl.errors import UsageError
+from llmrl.inject import Edit
+from llmrl.inject.weights.forwards import (Rows, answer_logp, block_output, cache_rows, frozen, mean_per_item,
+                                           next_logp, replay, subject_states)
+from llmrl.inject.weights.layout import Layout, find_layout, resolve_layers
+from llmrl.inject.weights.prompts import SubjectPrompt, make_prompt, subject_position
+from llmrl.inject.weights.statistics import (Corpus, model_key, read_tensors, sample_corpus, second_moments,
+                                             write_tensors)
+from llmrl.knowledge import KnowledgeItem, spread
+from llmrl.models import cache_dir
+from llmrl.policy import LLMPolicy
+
+METHODS = ("rome", "memit")
+
+
+#: MEMIT's λ per edited item (see WeightsInjector).
+MOM2_WEIGHT_PER_ITEM = 500.0
+
+
+@dataclass
+class _Plan:
+    """One item's prompts: examples for the key average, a subset for the value, one essence prompt."""
+
+    item: KnowledgeItem
+    values: list[SubjectPrompt]
+    extra_keys: list[SubjectPrompt]
+    essence: SubjectPrompt
+
+
+@dataclass
+class WeightsInjector:
+    """Knowledge written into MLP down projections by ROME or MEMIT; every edit is exactly undoable.
+
+    ``layers``: block indices (ints; negative count from the end) or fractions
+    of depth (floats); None takes :data:`DEFAULT_LAYERS` for the method. MEMIT
+    optimises the value at its last layer and spreads the update over all;
+    ROME edits one layer and applies the items one after another.
+
+    The value vector: at most ``steps`` Adam steps at ``lr`` on the answer's
+    negative log-likelihood over ``value_examples`` example prompts per item,
+    stopping once every item's is below ``stop_nll``; plus ``kl_factor`` times
+    the KL divergence of the next-token distribution after the ``essence``
+    sentence, plus ``weight_decay`` times (‖δ‖ / ‖h‖)², with ‖δ‖ clamped to
+    ``clamp`` times the residual norm ‖h‖ at the subject. Keys average
+    ``key_examples`` example prompts per item.
+
+    Statistics: ``stats_tokens`` sampled tokens (seeded by ``stats_seed``)
+    plus up to ``stats_prompts`` decision prompts of the items' examples and
+    ``corpus_texts``. They are computed once per model and layer and cached
+    under ``cache_dir()/stats/<model key>``. MEMIT weighs them by λ =
+    ``mom2_weight_per_item`` times the number of items: its least squares sums
+    over the items, so a fixed λ (MEMIT's 15,000) makes an edit of a few items
+    too weak to land and one of many items too strong.
+    """
+
+    name: ClassVar[str] = "weights"
+
+    method: str = "memit"
+    layers: Sequence[int | float] | None = None
+    steps: int = 12
+    lr: float = 1.0
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp: float = 0.75
+    stop_nll: float = 0.05
+    key_examples: int = 2
+    value_examples: int = 1
+    mom2_weight_per_item: float = MOM2_WEIGHT_PER_ITEM
+    stats_tokens: int = 20000
+    stats_prompts: int = 64
+    stats_seed: int = 0
+    corpus_texts: Sequence[str] = ()
+    essence: str = "When {}, this means"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"bad weights method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if min(self.steps, self.key_examples, self.value_examples, self.stats_prompts) < 1:
+            raise UsageError("steps, key_examples, value_examples and stats_prompts must be >= 1")
+        if min(self.lr, self.clamp, self.mom2_weight_per_item) <= 0 or min(self.kl_factor, self.weight_decay) < 0:
+            raise UsageError("lr, clamp and mom2_weight_per_item must be > 0; kl_factor and weight_decay >= 0")
+        if self.essence.count("{}") != 1:
+            raise UsageError(f"essence template {self.essence!r} needs exactly one {{}} for the situation")
+
+    def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
+        """Edit ``policy.lm.model`` in place so that each item's action wins in its situation."""
+        t0 = time.perf_counter()
+        model = policy.lm.model
+        layout = find_layout(model)
+        layers = resolve_layers(self.layers, len(layout.blocks), self.method)
+        if not items:
+            raise UsageError("no knowledge items to inject")
+        plans = [self._plan(policy, item) for item in items]
+        t1 = time.perf_counter()
+        moments, stats = self.statistics(policy, layout, layers, items)
+        stats_seconds = time.perf_counter() - t1
+        originals = {layer: layout.projections[layer].weight.detach().clone() for layer in layers}
+
+        def restore() -> None:
+            with torch.no_grad():
+                for layer, weight in originals.items():
+                    layout.projections[layer].weight.copy_(weight)
+            policy.invalidate()
+
+        pad = policy.lm.tokenizer.pad_token_id
+        try:
+            with frozen(model):
+                edit = self._rome if self.method == "rome" else self._memit
+                report = edit(model, layout, layers, plans, moments, pad)
+        except BaseException:
+            restore()
+            raise
+        policy.invalidate()
+        touched = sum(int((layout.projections[layer].weight != w).sum()) for layer, w in originals.items())
+        seconds = time.perf_counter() - t0
+        info = {"method": self.method, "layers": layers, "items": report, "stats_seconds": stats_seconds,
+                "edit_seconds": seconds - stats_seconds, **stats}
+        return Edit(self.name, list(items), seconds, touched, restore, info)
+
+    # -- preparing prompts ---------------------------------------------------------------------
+
+    def _plan(self, policy: LLMPolicy, item: KnowledgeItem) -> _Plan:
+        if item.action not in policy.action_words:
+            raise UsageError(f"item action {item.action!r} is not one of {policy.action_words}")
+        if not item.examples:
+            raise UsageError(f"item for {item.situation!r} has no example observations to edit on")
+        tok = policy.lm.tokenizer
+        keys = spread(list(dict.fromkeys(item.examples)), self.key_examples)
+        values = spread(keys, self.value_examples)
+        answer = policy.answer_text(item.action)
+
+        def prompt(text: str) -> SubjectPrompt:
+            return make_prompt(tok, policy.decision_prompt(text), item.situation, answer)
+
+        return _Plan(item, [prompt(t) for t in values], [prompt(t) for t in keys if t not in values],
+                     make_prompt(tok, self.essence.format(item.situation), item.situation, None))
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def statistics(self, policy: LLMPolicy, layout: Layout, layers: list[int],
+                   items: list[KnowledgeItem]) -> tuple[dict[int, torch.Tensor], dict]:
+        """C = E[k kᵀ] per layer: from the cache, else from the cached corpus, else from a new one."""
+        recipe = f"corpus-{self.stats_tokens}-seed{self.stats_seed}"
+        folder = cache_dir() / "stats" / model_key(policy.lm, layout) / recipe
+        paths = {layer: folder / f"layer-{layer:03d}.safetensors" for layer in layers}
+        moments = {layer: read_tensors(p)["mom2"] for layer, p in paths.items() if p.exists()}
+        missing = [layer for layer in layers if layer not in moments]
+        if missing:
+            corpus_path = folder / "corpus.safetensors"
+            with frozen(policy.lm.model):
+                if corpus_path.exists():
+                    corpus = Corpus.load(corpus_path)
+                else:
+                    sampled = sample_corpus(policy.lm, self.stats_tokens, self.stats_seed)
+                    corpus = self._env_corpus(policy, items) + Corpus(sampled, [[] for _ in sampled])
+                    corpus.save(corpus_path)
+                fresh, count = second_moments(policy.lm.model, layout, missing, corpus,
+                                              policy.lm.tokenizer.pad_token_id)
+            for layer, mom2 in fresh.items():
+                write_tensors(paths[layer], {"mom2": mom2}, {"tokens": str(count)})
+            moments.update(fresh)
+        return moments, {"stats_cached": not missing, "stats_dir": str(folder)}
+
+    def _env_corpus(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Corpus:
+        """Decision prompts of the items' examples (subject positions skipped) plus ``corpus_texts``."""
+        tok = policy.lm.tokenizer
+        sequences, skip = [], []
+        per_item = max(1, self.stats_prompts // len(items))
+        for item in items:
+            for text in spread(list(dict.fromkeys(item.examples)), per_item):
+                ids, index = subject_position(tok, policy.decision_prompt(text), item.situation)
+                sequences.append(ids)
+                skip.append([index])
+        for text in self.corpus_texts:
+            sequences.append(tok(text, add_special_tokens=False).input_ids[:512])
+            skip.append([])
+        return Corpus(sequences, skip)
+
+    # -- keys, values and the closed-form updates ----------------------------------------------
+
+    def _encode_plans(self, model: PreTrainedModel, layout: Layout, plans: list[_Plan], top: int,
+                      pad: int) -> tuple[Rows, Rows | None, Rows]:
+        """Cached rows: value prompts (full depth), the other key prompts (up to block ``top``), essences."""
+        def owned(get: Callable[[_Plan], list[SubjectPrompt]]) -> tuple[list[SubjectPrompt], list[int]]:
+            pairs = [(p, i) for i, plan in enumerate(plans) for p in get(plan)]
+            return [p for p, _ in pairs], [i for _, i in pairs]
+
+        values = cache_rows(model, *owned(lambda plan: plan.values), pad)
+        extra_prompts, extra_owner = owned(lambda plan: plan.extra_keys)
+        extra = cache_rows(model, extra_prompts, extra_owner, pad, stop=layout.blocks[top]) if extra_prompts else None
+        essence = cache_rows(model, *owned(lambda plan: [plan.essence]), pad)
+        return values, extra, essence
+
+    def _keys(self, model: PreTrainedModel, layout: Layout, groups: list[Rows], layer: int, top: int,
+              n: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per item: mean key at ``layer`` and mean residual after block ``top``, at the subject."""
+        keys, residuals = zip(*(subject_states(model, layout, rows, layer, top, pad) for rows in groups))
+        owner = torch.cat([rows.owner for rows in groups])
+        return mean_per_item(torch.cat(keys), owner, n), mean_per_item(torch.cat(residuals), owner, n)
+
+    def _optimise(self, model: PreTrainedModel, layout: Layout, layer: int, values: Rows, essence: Rows,
+                  norms: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item residual shifts δ at the subject after block ``layer``, and the answer log-prob before.
+
+        δ shifts the residual stream, as adding it to the down projection's
+        output would. Blocks up to ``layer`` do the same work on the live tokens
+        at every step, so their output is recorded once and replayed.
+        """
+        n = len(norms)
+        limit = (self.clamp * norms).float()
+        delta = torch.zeros((n, layout.hidden_size), requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.lr)
+        recorded = {id(rows): block_output(model, layout.blocks[layer], rows, pad) for rows in (values, essence)}
+
+        def shifted(rows: Rows) -> torch.Tensor:
+            out = recorded[id(rows)]
+            add = torch.zeros_like(out)
+            add[:, 0] = delta[rows.owner].to(out)
+            return out + add
+
+        before = init = None
+        with torch.enable_grad():
+            for step in range(self.steps):
+                with replay(layout.blocks[:layer + 1], shifted(values)):
+                    logp = mean_per_item(answer_logp(model, values, pad), values.owner, n)
+                with replay(layout.blocks[:layer + 1], shifted(essence)):
+                    now = next_logp(model, essence, pad)
+                if step == 0:
+                    before, init = logp.detach(), now.detach()
+                if bool((-logp < self.stop_nll).all()):
+                    break
+                kl = mean_per_item((init.exp() * (init - now)).sum(-1), essence.owner, n)
+                decay = (delta.norm(dim=1) / norms.float()) ** 2
+                loss = (-logp + self.kl_factor * kl + self.weight_decay * decay).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta.mul_((limit / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)[:, None])
+        return delta.detach().double(), before
+
+    def _after(self, model: PreTrainedModel, values: Rows, n: int, pad: int) -> torch.Tensor:
+        """Answer log-prob per item under the edited weights, the prompts re-encoded from scratch
+        (the edit also changes the context before the subject, so the old cache would mislead)."""
+        with torch.no_grad():
+            fresh = cache_rows(model, values.prompts, values.owner.tolist(), pad)
+            return mean_per_item(answer_logp(model, fresh, pad), fresh.owner, n)
+
+    def _report(self, plans: list[_Plan], before: torch.Tensor, after: torch.Tensor,
+                delta: torch.Tensor) -> list[dict]:
+        return [{"situation": plan.item.situation, "action": plan.item.action, "logp_before": float(b),
+                 "logp_after": float(a), "delta_norm": float(d.norm())}
+                for plan, b, a, d in zip(plans, before, after, delta)]
+
+    def _rome(self, model: PreTrainedModel, layout: Layout, layers: list[int], plans: list[_Plan],
+              moments: dict[int, torch.Tensor], pad: int) -> list[dict]:
+        """One rank-one update per item, in order: ΔW = δ (C⁻¹k)ᵀ / (kᵀ C⁻¹ k), so that ΔW k = δ."""
+        layer, report = layers[0], []
+        c = moments[layer].double()
+        for plan in plans:
+            values, extra, essence = self._encode_plans(model, layout, [plan], layer, pad)
+            k, z = self._keys(model, layout, [values] + ([extra] if extra else []), layer, layer, 1, pad)
+            delta, before = self._optimise(model, layout, layer, values, essence, z.norm(dim=1), pad)
+            u = torch.linalg.solve(c, k[0])
+            layout.add(layer, torch.outer(delta[0], u) / (k[0] @ u))
+            report += self._report([plan], before, self._after(model, values, 1, pad), delta)
+        return report
+
+    def _memit(self, model: PreTrainedModel, layout: Layout, layers: list[int], plans: list[_Plan],
+               moments: dict[int, torch.Tensor], pad: int) -> list[dict]:
+        """MEMIT: shift the residual after the last layer by δ, then per layer l (in order)
+        ΔW_l = R Kᵀ (λ C + K Kᵀ)⁻¹ with R the remaining shift divided by the layers left.
+
+        After each layer's update the subject token is re-run to refresh keys and
+        residuals; the context before the subject keeps its pre-edit KV cache,
+        which the update, fitted to leave other keys alone, barely changes.
+        """
+        n, top = len(plans), layers[-1]
+        values, extra, essence = self._encode_plans(model, layout, plans, top, pad)
+        groups = [values] + ([extra] if extra else [])
+        k, z0 = self._keys(model, layout, groups, layers[0], top, n, pad)
+        delta, before = self._optimise(model, layout, top, values, essence, z0.norm(dim=1), pad)
+        for j, layer in enumerate(layers):
+            k, z = (k, z0) if j == 0 else self._keys(model, layout, groups, layer, top, n, pad)
+            resid = (z0 + delta - z) / (len(layers) - j)
+            a = self.mom2_weight_per_item * n * moments[layer].double() + k.T @ k
+            layout.add(layer, resid.T @ torch.linalg.solve(a, k.T).T)
+        return self._report(plans, before, self._after(model, values, n, pad), delta)

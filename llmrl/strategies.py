@@ -1,0 +1,73 @@
+"""Every strategy llmrl can run, in one place: its name, its kind and what it needs.
+
+A grid cell, a report row and a command-line choice all name a strategy; this
+registry is the one list they read, so a new strategy is added here once and
+the grid runner, the report and the command line follow.
+
+Kinds: ``random`` (the floor), ``prompt`` (a prompt-engineering baseline: one
+:class:`~llmrl.policy.LLMPolicy` with another prompt), ``edit`` (the editing
+loop with one of the knowledge injectors) and ``ppo`` (stable-baselines3's
+PPO reading one of the card's observations).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["random", "prompt", "edit", "ppo"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    kind: Kind
+    #: ``edit``: the injector class, as ``module:Class`` (imported only when a run needs it).
+    injector: str | None = None
+    #: ``ppo``: the card observation it reads (None: the environment's own).
+    observation: str | None = None
+
+    @property
+    def needs_model(self) -> bool:
+        return self.kind in ("prompt", "edit")
+
+
+#: In the order reports list them.
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("random", "random"),
+    Strategy("zero-shot", "prompt"),
+    Strategy("few-shot", "prompt"),
+    Strategy("chain-of-thought", "prompt"),
+    Strategy("expert-hint", "prompt"),
+    Strategy("context", "edit", injector="llmrl.inject.context:ContextInjector"),
+    Strategy("adapter", "edit", injector="llmrl.inject.adapter:AdapterInjector"),
+    Strategy("weights", "edit", injector="llmrl.inject.weights:WeightsInjector"),
+    Strategy("ppo", "ppo"),
+    Strategy("ppo-pixels", "ppo", observation="pixels"),
+)
+BY_NAME = {s.name: s for s in STRATEGIES}
+NAMES = tuple(BY_NAME)
+
+
+def names(*kinds: Kind) -> tuple[str, ...]:
+    """The names of the strategies of these kinds, in report order."""
+    return tuple(s.name for s in STRATEGIES if s.kind in kinds)
+
+
+#: The policies ``llmrl eval`` plays without a run: random and the prompt baselines.
+BASELINES = names("random", "prompt")
+PROMPT_BASELINES = names("prompt")
+EDIT_STRATEGIES = names("edit")
+PPO_LEARNERS = names("ppo")
+
+
+def order(name: str) -> tuple[int, str]:
+    """Sort key: report order; unknown names after it, alphabetically."""
+    return (NAMES.index(name) if name in BY_NAME else len(NAMES), name)
+
+
+def injector_class(name: str) -> type:
+    """The injector class of edit strategy ``name``."""
+    module, _, cls = BY_NAME[name].injector.partition(":")  # type: ignore[union-attr]
+    return getattr(importlib.import_module(module), cls)
