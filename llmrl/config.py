@@ -95,6 +95,7 @@ class LoopConfig(Strict):
     gamma: float = Field(0.95, gt=0.0, le=1.0)
     z: float = Field(2.0, ge=0.0)
     min_support: int = Field(20, ge=1)
+    min_gap: float = Field(0.0, ge=0.0)
     max_examples: int = Field(16, ge=1)
     preference_margin: float = Field(0.1, ge=0.0, le=1.0)
     #: Estimate action values from all feedback so far (True) or only the latest iteration's.

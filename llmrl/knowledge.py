@@ -149,11 +149,13 @@ def preferences(policy: Policy, texts: dict[str, list[str]], margin: float) -> d
 
 @dataclass
 class Extraction:
-    """Thresholds for turning action values into items."""
+    """Thresholds for turning action values into items (the loop fills them from its LoopConfig, whose
+    defaults these are)."""
 
     gamma: float = 0.95
     z: float = 2.0
-    min_support: int = 5
+    min_support: int = 20
+    #: The smallest value gap, in return units, that makes an item (besides ``z`` standard errors).
     min_gap: float = 0.0
     max_examples: int = 16
     preference_margin: float = 0.1

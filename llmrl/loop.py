@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,7 @@ from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
-from llmrl.metrics import LocalityProbe, generalization, locality_prompts, reliability
+from llmrl.metrics import LocalityProbe, generalization, reliability
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.record import EditMetrics
@@ -38,15 +38,12 @@ from llmrl.strategies import EDIT_STRATEGIES, injector_class
 def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
     """The injector of edit strategy ``strategy``, built from the config's ``strategy_options``.
 
-    The adapter's locality regulariser gets the shipped training prompts (never
-    the held-out ones the locality metric uses) and saves under ``out``.
+    The adapter saves under ``out``.
     """
     if strategy not in EDIT_STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(EDIT_STRATEGIES)}")
-    if strategy == "adapter":
-        options.setdefault("locality_prompts", locality_prompts("train"))
-        if out is not None:
-            options.setdefault("save_dir", out / "adapter")
+    if strategy == "adapter" and out is not None:
+        options.setdefault("save_dir", out / "adapter")
     try:
         return injector_class(strategy)(**options)
     except (TypeError, ValueError) as exc:
@@ -125,9 +122,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     policy = _base_policy(cfg, card, lm)
     probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
-    kb = KnowledgeBase(Extraction(cfg.gamma, cfg.z, cfg.min_support, max_examples=cfg.max_examples,
-                                  preference_margin=cfg.preference_margin, pool=cfg.pool, erase_z=cfg.erase_z,
-                                  n_step=cfg.n_step))
+    kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
     writer = SummaryWriter(str(out / "tensorboard"))
     locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     rows: list[dict] = []

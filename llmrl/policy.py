@@ -17,14 +17,12 @@ already scored.
 from __future__ import annotations
 
 import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from transformers import DynamicCache
-
+from llmrl.engine import Batch, Engine
 from llmrl.errors import UsageError
 from llmrl.models import LoadedModel
 from llmrl.prompts import Prompt, render
@@ -96,13 +94,6 @@ class RandomPolicy(Policy):
         return torch.randint(len(self.action_words), (len(texts),), generator=self._gen).tolist()
 
 
-class _Batch:
-    """KV cache plus bookkeeping for a batch of rows that share the prompt prefix."""
-
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor):
-        self.cache, self.mask, self.pos = cache, mask, pos
-
-
 class LLMPolicy(Policy):
     """A causal LM acting through a :class:`Prompt`.
 
@@ -142,6 +133,7 @@ class LLMPolicy(Policy):
         self._head_flops = 2.0 * cfg.hidden_size * cfg.vocab_size
         gen_eos = lm.model.generation_config.eos_token_id
         self._eos = {lm.tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
+        self.engine = Engine(lm.model, lm.tokenizer.pad_token_id, observer=self._count)
         self.set_prompt(prompt)
 
     # -- prompt and prefix ---------------------------------------------------------------------
@@ -158,7 +150,7 @@ class LLMPolicy(Policy):
         self._action_ids = [tok(self._lead + w, add_special_tokens=False).input_ids for w in self.action_words]
         self._word_counts = [len(w.split()) for w in self.action_words]
         self._cue_ids = tok(_COT_CUE, add_special_tokens=False).input_ids
-        self._prefix_cache: DynamicCache | None = None
+        self._prefix_cache: Batch | None = None
         self._decisions: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def reseed(self, seed: int) -> None:
@@ -182,92 +174,38 @@ class LLMPolicy(Policy):
     def prefix_tokens(self) -> int:
         return self._prefix_ids.shape[1]
 
-    def _model_call(self, ids: torch.Tensor, batch: _Batch | None, mask: torch.Tensor, pos: torch.Tensor,
-                    keep: int) -> torch.Tensor:
-        dev = self.lm.device
-        t0 = time.perf_counter()
-        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                            cache=batch.cache if batch else None, use_cache=True, logits_to_keep=keep)
-        logits = out.logits.float().cpu()
-        self.stats.model_seconds += time.perf_counter() - t0
-        n, length = ids.shape
-        self.stats.tokens += n * length
-        self.stats.flops += n * length * (self._flops_per_token + self._attn_flops_per_ctx * mask.shape[1])
-        self.stats.flops += n * keep * self._head_flops
-        if batch is None:
-            self._prefix_cache = out.cache
-        return logits
+    def _count(self, rows: int, length: int, context: int, keep: int, seconds: float) -> None:
+        """The engine's report of one forward: time, tokens and the arithmetic on them."""
+        self.stats.model_seconds += seconds
+        self.stats.tokens += rows * length
+        self.stats.flops += rows * length * (self._flops_per_token + self._attn_flops_per_ctx * context)
+        self.stats.flops += rows * keep * self._head_flops
 
-    def _prefix(self) -> DynamicCache:
+    def _prefix(self) -> Batch:
         if self._prefix_cache is None:
-            ids = self._prefix_ids
-            pos = torch.arange(ids.shape[1]).unsqueeze(0)
             with torch.inference_mode():
-                self._model_call(ids, None, torch.ones_like(ids), pos, keep=1)
+                _, self._prefix_cache = self.engine.run(None, self._prefix_ids)
         return self._prefix_cache
 
     # -- batched forward passes ----------------------------------------------------------------
 
-    def _start(self, rows: list[list[int]]) -> tuple[_Batch, torch.Tensor]:
-        """Run suffix rows on top of the shared prefix; returns the batch and last logits."""
-        prefix = self._prefix()
-        n, p = len(rows), self.prefix_tokens
-        width = max(len(r) for r in rows)
-        pad = self.lm.tokenizer.pad_token_id
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, p + width), dtype=torch.long)
-        mask[:, :p] = 1
-        pos = torch.full((n, width), p, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, p + width - len(r):] = 1
-            pos[i, width - len(r):] = torch.arange(p, p + len(r))
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(_layers(prefix)):
-            cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
-        batch = _Batch(cache, mask, pos[:, -1])
-        logits = self._model_call(ids, batch, mask, pos, keep=1)[:, -1]
-        return batch, logits
+    def _start(self, rows: list[list[int]]) -> tuple[Batch, torch.Tensor]:
+        """Run suffix rows on top of the shared prefix; returns the batch and the last logits."""
+        last, batch = self.engine.answer(self._prefix(), rows)
+        return batch, last.cpu()
 
-    def _extend(self, batch: _Batch, ids: torch.Tensor, live: torch.Tensor, keep: int) -> torch.Tensor:
-        """Append one block of tokens to every row; ``live`` masks rows/tokens that are real."""
-        n, k = ids.shape
-        batch.mask = torch.cat([batch.mask, live.long()], dim=1)
-        pos = batch.pos.unsqueeze(1) + torch.cumsum(live.long(), dim=1)
-        batch.pos = pos[:, -1]
-        return self._model_call(ids, batch, batch.mask, pos, keep=keep)
-
-    def _action_scores(self, batch: _Batch, last: torch.Tensor) -> torch.Tensor:
+    def _action_scores(self, batch: Batch, last: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of every action word, normalised, as a [rows, actions] tensor."""
-        logp = torch.log_softmax(last, dim=-1)
-        total = torch.stack([logp[:, a[0]] for a in self._action_ids], dim=1)
-        multi = [i for i, a in enumerate(self._action_ids) if len(a) > 1]
-        if multi:
-            n, m = last.shape[0], len(multi)
-            width = max(len(self._action_ids[i]) for i in multi) - 1
-            pad = self.lm.tokenizer.pad_token_id
-            ids = torch.full((n * m, width), pad, dtype=torch.long)
-            live = torch.zeros((n * m, width), dtype=torch.bool)
-            for j, i in enumerate(multi):
-                cont = self._action_ids[i][:-1]
-                ids[j::m, :len(cont)] = torch.tensor(cont)
-                live[j::m, :len(cont)] = True
-            batch.cache.batch_repeat_interleave(m)
-            batch.mask = batch.mask.repeat_interleave(m, dim=0)
-            batch.pos = batch.pos.repeat_interleave(m, dim=0)
-            cont_logp = torch.log_softmax(self._extend(batch, ids, live, keep=width), dim=-1)
-            for j, i in enumerate(multi):
-                targets = self._action_ids[i][1:]
-                rows = cont_logp[j::m, : len(targets)]
-                total[:, i] += rows.gather(2, torch.tensor(targets).expand(n, -1).unsqueeze(2)).squeeze(2).sum(1)
+        total = self.engine.action_logprobs(batch, torch.log_softmax(last, dim=-1), self._action_ids).cpu()
         if self.normalization == "token":
             total = total / torch.tensor([len(a) for a in self._action_ids], dtype=total.dtype)
         elif self.normalization == "word":
             total = total / torch.tensor(self._word_counts, dtype=total.dtype)
         return total
 
-    def _decode(self, batch: _Batch, last: torch.Tensor, stop: str) -> list[str]:
-        """Greedy (or sampled) decoding of up to ``max_new_tokens``, stopping at ``stop`` or EOS."""
+    def _decode(self, batch: Batch, last: torch.Tensor, stop: str) -> tuple[list[str], Batch]:
+        """Greedy (or sampled) decoding of up to ``max_new_tokens``, stopping at ``stop`` or EOS; the answers
+        and the batch they end in."""
         tok = self.lm.tokenizer
         n = last.shape[0]
         out: list[list[int]] = [[] for _ in range(n)]
@@ -283,8 +221,9 @@ class LLMPolicy(Policy):
                         done[i] = stop in tok.decode(out[i])
             if bool(done.all()) or step == self.max_new_tokens - 1:
                 break
-            last = self._extend(batch, nxt.unsqueeze(1), ~done.unsqueeze(1), keep=1)[:, -1]
-        return [tok.decode(o) for o in out]
+            logits, batch = self.engine.run(batch, nxt.unsqueeze(1), keep=1, live=~done.unsqueeze(1))
+            last = logits[:, -1].float().cpu()
+        return [tok.decode(o) for o in out], batch
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         if self.temperature == 0:
@@ -327,9 +266,9 @@ class LLMPolicy(Policy):
     def _score_uncached(self, texts: list[str]) -> torch.Tensor:
         batch, last = self._start([self.suffix_ids(t) for t in texts])
         if self.prompt.reasoning:
-            self._decode(batch, last, stop=_COT_CUE.strip())
-            cue = torch.tensor(self._cue_ids).expand(len(texts), -1)
-            last = self._extend(batch, cue, torch.ones_like(cue, dtype=torch.bool), keep=1)[:, -1]
+            _, batch = self._decode(batch, last, stop=_COT_CUE.strip())
+            logits, batch = self.engine.run(batch, torch.tensor(self._cue_ids).expand(len(texts), -1), keep=1)
+            last = logits[:, -1].float().cpu()
         return self._action_scores(batch, last)
 
     def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
@@ -361,7 +300,7 @@ class LLMPolicy(Policy):
         for start in range(0, len(shown), self.max_batch):
             chunk = shown[start:start + self.max_batch]
             batch, last = self._start([self.suffix_ids(t) for t in chunk])
-            self.last_answers += self._decode(batch, last, stop="\n")
+            self.last_answers += self._decode(batch, last, stop="\n")[0]
         actions = [self.parse(answer) for answer in self.last_answers]
         chosen = []
         for a, s in zip(actions, slots):
@@ -374,7 +313,3 @@ class LLMPolicy(Policy):
                 chosen.append(a)
         return chosen
 
-
-def _layers(cache: DynamicCache):
-    """(keys, values) per layer of a DynamicCache."""
-    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -39,66 +38,11 @@ from llmrl.baselines import make_baseline
 from llmrl.cards import Card, get_card
 from llmrl.evaluate import evaluate
 from llmrl.inject.weights import WeightsInjector
-from llmrl.knowledge import KnowledgeItem
+from llmrl.knowledge import KnowledgeItem, spread
+from llmrl.metrics import locality_prompts
 from llmrl.models import LoadedModel, load_model
+from llmrl.oracle import TABLES
 from llmrl.policy import LLMPolicy
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.test_cards import TABLES  # noqa: E402  (the oracle situation -> action tables)
-
-#: Everyday and general-knowledge sentences with nothing to do with the environments.
-LOCALITY_PROMPTS = (
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The largest planet in our solar system is",
-    "My favourite breakfast is a bowl of",
-    "She opened the window because the room was",
-    "The train to Berlin leaves from platform",
-    "To bake bread you need flour, water, yeast and",
-    "The first man to walk on the moon was",
-    "In winter, many birds fly south to",
-    "He forgot his umbrella, so he got",
-    "The chemical symbol for gold is",
-    "Shakespeare wrote the play Romeo and",
-    "A triangle has three sides and three",
-    "The Pacific Ocean is the largest ocean on",
-    "Every morning I drink a cup of",
-    "The doctor told him to rest and drink plenty of",
-    "Mount Everest is the highest mountain in the",
-    "The children played football in the",
-    "Photosynthesis is the process by which plants make",
-    "The Great Wall is a famous landmark in",
-    "After dinner, we usually watch a",
-    "The speed of light is about 300,000 kilometres per",
-    "My grandmother grows tomatoes in her",
-    "The Eiffel Tower was built in the year",
-    "A group of lions is called a",
-    "The library closes at six o'clock in the",
-    "The heart pumps blood through the",
-    "Please remember to turn off the lights when you",
-    "The Amazon rainforest is located mostly in",
-    "Bananas are a good source of",
-    "The meeting has been moved to next",
-    "Albert Einstein is famous for the theory of",
-    "Cats like to sleep in warm places such as",
-    "The recipe calls for two cups of",
-    "The musician played a beautiful song on the",
-    "Tokyo is the capital city of",
-    "She wrote a letter to her friend to say",
-    "The Earth orbits the Sun once every",
-    "A good night's sleep helps you feel",
-    "The museum has a large collection of ancient",
-    "He bought a new bicycle because his old one",
-    "Honey is made by bees from the nectar of",
-    "The river flows through the valley and into the",
-    "Most people check their phones first thing in the",
-    "The Roman Empire was ruled by an",
-    "The bakery on the corner sells fresh",
-    "Rain falls when water droplets in clouds become",
-    "The students listened carefully to the teacher's",
-    "A compass needle always points",
-    "Our neighbours adopted a small brown",
-)
 
 
 def observations(card: Card, per_situation: int, seed: int, episodes: int = 300) -> dict[str, list[str]]:
@@ -171,7 +115,7 @@ def measure(policy: LLMPolicy, injector: WeightsInjector, items: list[KnowledgeI
     lm = policy.lm
     action = {item.situation: item.action for item in items}
     examples = {item.situation: item.examples for item in items}
-    prompts = list(LOCALITY_PROMPTS)
+    prompts = spread(locality_prompts("eval"), 40)  # held out from every training term
     env_prompts = [policy.decision_prompt(t) for t in others]
     base = next_token_logp(lm, prompts)
     base_env = next_token_logp(lm, env_prompts)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from llmrl.cards import Card, get_card
+from llmrl.prompts import render
 
 
 def start_texts(env_id: str, seeds: int) -> tuple[Card, list[str]]:
@@ -14,3 +17,24 @@ def start_texts(env_id: str, seeds: int) -> tuple[Card, list[str]]:
         obs, _ = env.reset(seed=seed)
         texts.append(card.text(obs, env)[0])
     return card, texts
+
+
+def reference_scores(lm, prompt, texts, normalization):
+    """Scores from one plain, uncached, unbatched forward per (text, action)."""
+    r = render(prompt, lm.tokenizer)
+    lead = " " if prompt.reasoning else r.lead
+    tok = lm.tokenizer
+    rows = []
+    for text in texts:
+        context = (tok(r.prefix, add_special_tokens=False).input_ids
+                   + tok(text + r.suffix, add_special_tokens=False).input_ids)
+        row = []
+        for word in prompt.action_words:
+            answer = tok(lead + word, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logits = lm.model(torch.tensor([context + answer], device=lm.device)).logits[0]
+                logp = torch.log_softmax(logits.float(), -1)
+            total = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(answer))
+            row.append(total / {"sum": 1, "token": len(answer), "word": len(word.split())}[normalization])
+        rows.append(row)
+    return torch.tensor(rows)

@@ -19,9 +19,9 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
+from llmrl.engine import Engine
 from llmrl.evaluate import evaluate
 from llmrl.inject.adapter import (
-    DEFAULT_LOCALITY_PROMPTS,
     AdapterInjector,
     action_logprobs,
     balanced_batches,
@@ -30,7 +30,7 @@ from llmrl.inject.adapter import (
     lump_actions,
 )
 from llmrl.knowledge import KnowledgeItem, spread, texts_by_situation
-from llmrl.metrics import LocalityProbe, environment_prompts
+from llmrl.metrics import LocalityProbe, environment_prompts, locality_prompts
 from llmrl.models import LoadedModel, default_model_dir, fetch_default, tiny_model
 from llmrl.policy import LLMPolicy, RandomPolicy
 from llmrl.prompts import Prompt
@@ -105,7 +105,7 @@ def test_training_scores_are_the_policys_scores(tokenizer):
     assert all(tokenizer(policy.decision_prompt(t), add_special_tokens=False).input_ids == enc.prefix + s
                for t, s in zip(ALL_TEXTS, suffixes))
     with torch.no_grad():
-        scores, first = action_logprobs(policy.lm.model, enc.prefix, suffixes, enc.actions, tokenizer.pad_token_id)
+        scores, first = action_logprobs(Engine(policy.lm.model, tokenizer.pad_token_id), enc, suffixes)
     torch.testing.assert_close(scores / enc.norms, policy.scores(ALL_TEXTS), atol=1e-4, rtol=0)
     lumped = lump_actions(first, enc.actions)  # "push" (shared by two actions) and "no" become one outcome
     assert lumped.shape[1] == first.shape[1] - 1
@@ -216,7 +216,7 @@ def test_locality_term_reduces_kl_on_locality_prompts(tokenizer):
     def kl_after(weight: float) -> float:
         policy = make_policy(tokenizer)
         tok, model = policy.lm.tokenizer, policy.lm.model
-        batch = tok(list(DEFAULT_LOCALITY_PROMPTS), add_special_tokens=False, padding=True, return_tensors="pt")
+        batch = tok(locality_prompts("train"), add_special_tokens=False, padding=True, return_tensors="pt")
         with torch.no_grad():
             ref = torch.log_softmax(model(**batch).logits, -1)
         injector = AdapterInjector(**{**LEARN, "steps": 20, "stop_loss": 0.0, "locality_weight": weight})

@@ -25,6 +25,7 @@ import llmrl.inject.weights.injector as injector
 import llmrl.inject.weights.statistics as statistics
 from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
+from llmrl.engine import Engine
 from llmrl.errors import UsageError
 from llmrl.inject.weights import WeightsInjector, find_layout, resolve_layers
 from llmrl.inject.weights.prompts import make_prompt, subject_position
@@ -327,13 +328,13 @@ def test_split_prompts_and_replayed_blocks_score_like_the_policy(trained_models)
     situation = "the car is standing still"
     answer = policy.answer_text("push left")
     prompts = [make_prompt(lm.tokenizer, policy.decision_prompt(t), situation, answer) for t in texts]
-    pad = lm.tokenizer.pad_token_id
-    rows = forwards.cache_rows(lm.model, prompts, [0] * len(prompts), pad)
+    engine = Engine(lm.model, lm.tokenizer.pad_token_id)
+    rows = forwards.cache_rows(engine, prompts, [0] * len(prompts))
     layout = find_layout(lm.model)
     with torch.no_grad():
-        plain = forwards.answer_logp(lm.model, rows, pad)
-        with forwards.replay(layout.blocks[:1], forwards.block_output(lm.model, layout.blocks[0], rows, pad)):
-            replayed = forwards.answer_logp(lm.model, rows, pad)
+        plain = forwards.answer_logp(engine, rows)
+        with forwards.replay(layout.blocks[:1], forwards.block_output(engine, layout.blocks[0], rows)):
+            replayed = forwards.answer_logp(engine, rows)
     assert len(prompts[0].answer) == 2
     expected = policy.scores(texts)[:, policy.action_words.index("push left")]
     torch.testing.assert_close(plain, expected, atol=1e-4, rtol=0)  # per token = per word here
@@ -370,8 +371,8 @@ def test_second_moments_match_a_direct_computation(tiny):
     model = new_model(tiny, "llama").model
     layout = find_layout(model)
     corpus = [tiny.tokenizer(text, add_special_tokens=False).input_ids for text in ("The cat sat on the mat.", "Rain")]
-    moments, count = statistics.second_moments(model, layout, [0, 1], statistics.Corpus(corpus, [[1], []]),
-                                            tiny.tokenizer.pad_token_id)
+    moments, count = statistics.second_moments(Engine(model, tiny.tokenizer.pad_token_id), layout, [0, 1],
+                                               statistics.Corpus(corpus, [[1], []]))
     keys: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     hooks = [layout.projections[i].register_forward_pre_hook(lambda m, a, i=i: keys[i].append(a[0][0]))
              for i in (0, 1)]

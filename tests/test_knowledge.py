@@ -88,11 +88,12 @@ def test_potential_gives_signal_where_monte_carlo_returns_have_none():
     feedback = sparse_chain(np.random.default_rng(3), 20)
     mc = action_values(feedback, WORDS, gamma=0.9)["s"]
     assert abs(mc["left"].mean - mc["right"].mean) < 0.1  # returns-to-go depend on the time left only
-    assert not KnowledgeBase(Extraction(gamma=0.9)).update(feedback, Prefers({"s": [0.5, 0.5]}), 1)["insert"]
+    plain = KnowledgeBase(Extraction(gamma=0.9, min_support=5))
+    assert not plain.update(feedback, Prefers({"s": [0.5, 0.5]}), 1)["insert"]
     shaped = action_values(feedback, WORDS, gamma=0.9, n_step=5)["s"]
     assert shaped["left"].n + shaped["right"].n == 800  # truncation is bootstrapped, nothing dropped
     assert shaped["right"].mean - shaped["left"].mean == pytest.approx(2 * 0.9**5, abs=0.3)  # 2 nearer, 5 steps on
-    kb = KnowledgeBase(Extraction(gamma=0.9, n_step=5))
+    kb = KnowledgeBase(Extraction(gamma=0.9, min_support=5, n_step=5))
     changes = kb.update(feedback, Prefers({"s": [0.5, 0.5]}), iteration=1)
     assert [(i.situation, i.action, i.kind) for i in changes["insert"]] == [("s", "right", "insert")]
 
@@ -115,7 +116,7 @@ def test_items_insert_modify_retain_and_nothing_without_evidence():
 
 def test_contradicting_evidence_erases_and_replaces_an_item():
     rng = np.random.default_rng(2)
-    kb = KnowledgeBase(Extraction(gamma=0.9))
+    kb = KnowledgeBase(Extraction(gamma=0.9, min_support=5))
     policy = Prefers({"s": [0.9, 0.1]})
     kb.update(bandit(rng, "s", [0.0, 2.0], 40), policy, iteration=1)
     assert kb.items["s"].action == "right"
@@ -129,7 +130,7 @@ def test_contradicting_evidence_erases_and_replaces_an_item():
 
 def test_latest_batch_only_without_pooling():
     rng = np.random.default_rng(4)
-    kb = KnowledgeBase(Extraction(gamma=0.9, pool=False, erase_z=2.0))
+    kb = KnowledgeBase(Extraction(gamma=0.9, min_support=5, pool=False, erase_z=2.0))
     kb.update(bandit(rng, "s", [0.0, 2.0], 40), Prefers({"s": [0.9, 0.1]}), iteration=1)
     changes = kb.update(bandit(rng, "s", [2.0, 0.0], 40), Prefers({"s": [0.1, 0.9]}), iteration=2)
     assert [i.action for i in changes["erase"]] == ["right"] and kb.items["s"].action == "left"
@@ -146,3 +147,13 @@ def test_helpers():
     assert spread(list("abcdefgh"), 4) == ["a", "c", "e", "g"] and spread(["a"], 4) == ["a"]
     t = Trajectory(0, [Step("x", "s", 0, 0.0), Step("y", "s", 0, 0.0), Step("x", "s", 1, 0.0)])
     assert texts_by_situation([t]) == {"s": ["x", "y"]}
+
+
+def test_the_loop_config_sets_every_extraction_threshold_with_the_same_defaults():
+    """One place for the defaults: the loop builds its Extraction from LoopConfig field by field."""
+    from dataclasses import fields
+
+    from llmrl.config import LoopConfig
+
+    for f in fields(Extraction):
+        assert LoopConfig.model_fields[f.name].default == f.default, f.name

@@ -10,6 +10,7 @@ import torch
 from llmrl.errors import UsageError
 from llmrl.policy import LLMPolicy, RandomPolicy
 from llmrl.prompts import Prompt, render
+from tests.helpers import reference_scores
 
 TEXTS = [
     "Cart 0.1 m left of center, moving 0.4 m/s right. Situation: the pole is falling to the right.",
@@ -17,25 +18,6 @@ TEXTS = [
     "Pole upright. Situation: the pole is balanced and the cart drifts left.",
 ]
 WORDS = ["turn left", "turn right", "go forward", "wait"]
-
-
-def reference_scores(lm, prompt, texts, normalization):
-    """Scores from one plain, uncached, unbatched forward per (text, action)."""
-    r = render(prompt, lm.tokenizer)
-    lead = " " if prompt.reasoning else r.lead
-    tok = lm.tokenizer
-    rows = []
-    for text in texts:
-        context = tok(r.prefix, add_special_tokens=False).input_ids + tok(text + r.suffix, add_special_tokens=False).input_ids
-        row = []
-        for word in prompt.action_words:
-            answer = tok(lead + word, add_special_tokens=False).input_ids
-            with torch.no_grad():
-                logp = torch.log_softmax(lm.model(torch.tensor([context + answer], device=lm.device)).logits[0].float(), -1)
-            total = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(answer))
-            row.append(total / {"sum": 1, "token": len(answer), "word": len(word.split())}[normalization])
-        rows.append(row)
-    return torch.tensor(rows)
 
 
 @pytest.mark.parametrize("normalization", ["word", "token", "sum"])
@@ -113,7 +95,7 @@ def test_generate_mode_falls_back_and_says_so(tiny):
 
 def test_generate_mode_parses_a_valid_answer(tiny, monkeypatch):
     policy = LLMPolicy(tiny, Prompt("Task.", ["left", "right"]), mode="generate")
-    monkeypatch.setattr(policy, "_decode", lambda batch, last, stop: ["Action: right"] * last.shape[0])
+    monkeypatch.setattr(policy, "_decode", lambda batch, last, stop: (["Action: right"] * last.shape[0], batch))
     policy._invalid.add(0)
     assert policy.act([TEXTS[0]], slots=[0]) == [1]
     assert policy.stats.fallbacks == 0 and not policy._invalid

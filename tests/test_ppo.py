@@ -135,7 +135,7 @@ def test_saved_files(cartpole):
     assert record["env"] == "CartPole-v1" and record["seed"] == 1
     assert record["curve"] == cartpole.curve and record["hyperparameters"] == cartpole.hyperparameters
     tensors = load_file(out / "policy.safetensors")
-    norm = cartpole.policy.normalization
+    norm = cartpole.policy.obs_normalization
     assert norm is not None and not np.allclose(norm.var, 1.0)  # statistics were gathered
     assert np.array_equal(tensors["obs_rms.mean"].numpy(), norm.mean)
     assert np.array_equal(tensors["obs_rms.var"].numpy(), norm.var)
@@ -156,7 +156,7 @@ def test_load_reproduces_actions_bit_for_bit(cartpole):
     # The normalisation is SB3's VecNormalize, with the saved statistics.
     card, _ = get_card("CartPole-v1")
     vec = VecNormalize(DummyVecEnv([card.make_env]), training=False)
-    vec.obs_rms.mean, vec.obs_rms.var = loaded.normalization.mean, loaded.normalization.var
+    vec.obs_rms.mean, vec.obs_rms.var = loaded.obs_normalization.mean, loaded.obs_normalization.var
     assert np.array_equal(vec.normalize_obs(np.stack(obs)), batch)
 
 
@@ -164,7 +164,7 @@ def test_sampled_actions_follow_the_policy_and_replay_from_the_seed(cartpole):
     """sample=True draws from the action distribution with the policy's own generator, which reseed restarts."""
     loaded = load_ppo_policy(cartpole.model_path)
     assert not loaded.sample  # CartPole's settings: greedy
-    sampler = PPOPolicy(loaded.env, loaded.net, loaded.normalization, sample=True)
+    sampler = PPOPolicy(loaded.env, loaded.net, loaded.obs_normalization, sample=True)
     obs = observations("CartPole-v1", 1) * 4000
     with torch.no_grad():
         p_right = float(loaded.net.get_distribution(torch.as_tensor(loaded.prepare(obs[:1]))).distribution.probs[0, 1])

@@ -11,8 +11,7 @@ from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
 from llmrl.cli import main
 from llmrl.policy import LLMPolicy
-from tests.helpers import start_texts
-from tests.test_policy import reference_scores
+from tests.helpers import reference_scores, start_texts
 
 pytestmark = pytest.mark.real
 

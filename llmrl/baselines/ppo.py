@@ -211,10 +211,10 @@ class PPOPolicy(Policy):
 
     reads_observations = True
 
-    def __init__(self, env: str, net: ActorCriticPolicy, normalization: ObsNormalization | None = None,
+    def __init__(self, env: str, net: ActorCriticPolicy, obs_normalization: ObsNormalization | None = None,
                  observation: str | None = None, sample: bool = False):
         card, variant = get_card(env)
-        self.env, self.net, self.normalization, self.observation = env, net, normalization, observation
+        self.env, self.net, self.obs_normalization, self.observation = env, net, obs_normalization, observation
         self.sample = sample
         self._gen = torch.Generator()
         self.action_words = card.action_words
@@ -226,7 +226,7 @@ class PPOPolicy(Policy):
     def prepare(self, observations: list) -> np.ndarray:
         """The batch the network reads for these raw observations."""
         batch = np.stack([self._read(obs) for obs in observations])
-        return self.normalization(batch) if self.normalization else batch
+        return self.obs_normalization(batch) if self.obs_normalization else batch
 
     def act_on_observations(self, observations: list, slots: list[int]) -> list[int]:
         self.stats.decisions += len(observations)
@@ -376,7 +376,7 @@ def _save(out: Path, model: PPO, policy: PPOPolicy, result: PPOResult, seed: int
     """SB3's zip, and the pickle-free pair :func:`load_ppo_policy` reads."""
     model.save(out / "ppo.zip")
     tensors = {name: t.detach().cpu().contiguous() for name, t in _unaliased(policy.net).items()}
-    norm = policy.normalization
+    norm = policy.obs_normalization
     if norm:
         tensors |= {_STATE["mean"]: torch.from_numpy(norm.mean), _STATE["var"]: torch.from_numpy(norm.var)}
     save_file(tensors, out / "policy.safetensors")

@@ -55,11 +55,12 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import DynamicCache
 from transformers.pytorch_utils import Conv1D
 
+from llmrl.engine import Batch, Engine
 from llmrl.inject import Edit
 from llmrl.knowledge import KnowledgeItem
+from llmrl.metrics import locality_prompts as shipped_locality_prompts
 from llmrl.policy import LLMPolicy
 
 #: Layers to adapt, per module layout: the MLPs, where ROME and MEMIT locate associations. On
@@ -71,41 +72,6 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 
 OBJECTIVES = ("choice", "lm")
-
-#: Used when no locality prompts are given: general text, far from any environment.
-DEFAULT_LOCALITY_PROMPTS: tuple[str, ...] = (
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "Once upon a time, in a small village by the sea,",
-    "The recipe calls for two cups of flour and",
-    "Photosynthesis is the process by which plants",
-    "In 1969, the first humans walked on",
-    "To install the package, open a terminal and type",
-    "The quick brown fox jumps over the",
-    "My favourite season of the year is autumn because",
-    "The mitochondria is often called the",
-    "Dear Sir or Madam, I am writing to",
-    "The stock market fell sharply today after",
-    "A triangle has three sides, while a square has",
-    "She opened the door and saw",
-    "The largest ocean on Earth is the",
-    "def fibonacci(n):\n    if n < 2:\n        return",
-    "The meeting has been moved to Thursday at",
-    "Shakespeare wrote many plays, including",
-    "Good morning! How can I help you",
-    "The train to London leaves from platform",
-    "Regular exercise improves your health by",
-    "The chemical symbol for gold is",
-    "He played the piano every evening, and his neighbours",
-    "The library is closed on Sundays, so we",
-    "Translate into French: The cat is sleeping.",
-    "The weather forecast for tomorrow says it will",
-    "Elephants are the largest land animals, and they",
-    "Please remember to bring your passport and",
-    "The speed of light in a vacuum is about",
-    "After the rain stopped, the children ran outside to",
-)
-
 
 def default_target_modules(model: torch.nn.Module) -> list[str]:
     """The MLP layers of the first layout in :data:`LAYOUTS` that the model has."""
@@ -179,66 +145,15 @@ def balanced_batches(counts: list[int], batch_size: int, gen: torch.Generator) -
         yield batch
 
 
-# -- differentiable scoring --------------------------------------------------------------------
+# -- the training objective ----------------------------------------------------------------
 
 
-def answer_position(model: torch.nn.Module, prefix: list[int], suffixes: list[list[int]], pad: int
-                    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
-    """Next-token log-probabilities where the answer starts, [rows, vocab], and the state to continue from.
-
-    As the policy runs it: the prefix once, its KV cache repeated over the rows,
-    suffixes left-padded so every row ends in the same column, logits for that
-    column only. Returns the log-probabilities, the cache, the attention mask
-    and each row's last position.
-    """
-    dev = next(model.parameters()).device
-    n, p = len(suffixes), len(prefix)
-    cache = DynamicCache()
-    if p:
-        cache = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1).cache
-        cache.batch_repeat_interleave(n)
-    width = max(map(len, suffixes))
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, p + width), dtype=torch.long)
-    mask[:, :p] = 1
-    pos = torch.full((n, width), p, dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, p + width - len(s):] = 1
-        pos[i, width - len(s):] = torch.arange(p, p + len(s))
-    last = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
-                 use_cache=True, logits_to_keep=1).logits[:, -1].float()
-    return torch.log_softmax(last, -1), cache, mask, pos[:, -1]
-
-
-def action_logprobs(model: torch.nn.Module, prefix: list[int], suffixes: list[list[int]], actions: list[list[int]],
-                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of every action's tokens, [rows, actions], and the answer position's log-probabilities.
-
-    The policy's scoring, with gradients: an action of several tokens
-    continues from the cache of :func:`answer_position`, one copy of each row per such action.
-    """
-    first, cache, mask, last = answer_position(model, prefix, suffixes, pad)
-    dev, n = first.device, len(suffixes)
-    columns = [first[:, a[0]] for a in actions]
-    multi = [j for j, a in enumerate(actions) if len(a) > 1]
-    if multi:
-        m, k = len(multi), max(len(actions[j]) for j in multi) - 1
-        cont = torch.full((n * m, k), pad, dtype=torch.long)
-        live = torch.zeros((n * m, k), dtype=torch.long)
-        for r, j in enumerate(multi):
-            cont[r::m, :len(actions[j]) - 1] = torch.tensor(actions[j][:-1])
-            live[r::m, :len(actions[j]) - 1] = 1
-        cache.batch_repeat_interleave(m)
-        mask = torch.cat([mask.repeat_interleave(m, dim=0), live], dim=1)
-        pos = last.repeat_interleave(m).unsqueeze(1) + live.cumsum(1)
-        logits = model(input_ids=cont.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), cache=cache,
-                       use_cache=True, logits_to_keep=k).logits.float()
-        logp = torch.log_softmax(logits, -1)
-        for r, j in enumerate(multi):
-            rest = torch.tensor(actions[j][1:], device=dev)
-            columns[j] = columns[j] + logp[r::m, :len(rest)].gather(2, rest.expand(n, -1).unsqueeze(2)).sum((1, 2))
-    return torch.stack(columns, dim=1), first
+def action_logprobs(engine: Engine, enc: Encoded, suffixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of every action after each suffix, [rows, actions], and the answer
+    position's next-token log-probabilities: the policy's own scoring (the engine's), with gradients."""
+    last, batch = engine.answer(_prefix(engine, enc), suffixes)
+    first = torch.log_softmax(last, -1)
+    return engine.action_logprobs(batch, first, enc.actions), first
 
 
 def lump_actions(logp: torch.Tensor, actions: list[list[int]]) -> torch.Tensor:
@@ -361,8 +276,9 @@ class AdapterInjector:
     of :data:`LAYOUTS`); ``layers``: only these decoder layers (default: all).
     ``steps`` is the most AdamW steps at ``lr``, each on ``batch_size`` example
     texts (at least one per item); ``stop_loss`` ends training earlier. The
-    defaults edit two CartPole items in 8 steps. ``locality_prompts`` default to
-    :data:`DEFAULT_LOCALITY_PROMPTS`, ``locality_batch`` of them per step.
+    defaults edit two CartPole items in 8 steps. ``locality_prompts`` default to the shipped training
+    split (``llmrl.metrics.locality_prompts("train")``, never the held-out prompts the locality metric
+    uses), ``locality_batch`` of them per step.
     ``save_dir``: where peft writes the adapter (safetensors) after training.
     """
 
@@ -384,7 +300,7 @@ class AdapterInjector:
         self.target_modules, self.layers, self.objective = target_modules, layers, objective
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
         self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
-        self.locality_prompts = list(locality_prompts or DEFAULT_LOCALITY_PROMPTS)
+        self.locality_prompts = list(locality_prompts or shipped_locality_prompts("train"))
         self.seed = seed
         self.save_dir = Path(save_dir) if save_dir is not None else None
 
@@ -407,7 +323,8 @@ class AdapterInjector:
         if not items:
             raise ValueError("no knowledge item has example texts to train on")
         enc = encode(policy, items)
-        reference = self._reference(model, enc, _pad(policy)) if self.answer_weight > 0 else []
+        engine = Engine(model, _pad(policy))
+        reference = self._reference(engine, enc) if self.answer_weight > 0 else []
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         training = model.training
         with torch.random.fork_rng(devices=[]):
@@ -417,7 +334,7 @@ class AdapterInjector:
                 peft_model = get_peft_model(model, self._config(model))
             handle = AdapterHandle(policy, peft_model, requires_grad, training)
             try:
-                final = self._train(policy, peft_model, enc, reference)
+                final = self._train(policy, engine, peft_model, enc, reference)
                 if self.save_dir is not None:
                     peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
             except BaseException:  # no edit to undo would be returned: take the adapter out here
@@ -434,17 +351,18 @@ class AdapterInjector:
 
     @staticmethod
     @torch.no_grad()
-    def _reference(model: torch.nn.Module, enc: Encoded, pad: int, chunk: int = 16) -> list[torch.Tensor]:
+    def _reference(engine: Engine, enc: Encoded, chunk: int = 16) -> list[torch.Tensor]:
         """Per item, the untouched model's lumped answer-position log-probabilities of each example."""
+        prefix = _prefix(engine, enc)
         out = []
         for suffixes in enc.suffixes:
-            parts = [answer_position(model, enc.prefix, suffixes[i:i + chunk], pad)[0]
+            parts = [torch.log_softmax(engine.answer(prefix, suffixes[i:i + chunk])[0], -1)
                      for i in range(0, len(suffixes), chunk)]
             out.append(lump_actions(torch.cat(parts), enc.actions))
         return out
 
-    def _train(self, policy: LLMPolicy, peft_model: PeftModel, enc: Encoded, reference: list[torch.Tensor]
-               ) -> dict[str, float | int]:
+    def _train(self, policy: LLMPolicy, engine: Engine, peft_model: PeftModel, enc: Encoded,
+               reference: list[torch.Tensor]) -> dict[str, float | int]:
         """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
 
         The base model runs in eval mode (its own dropout off), the LoRA dropout
@@ -464,8 +382,7 @@ class AdapterInjector:
         step = 0
         for step in range(1, self.steps + 1):
             batch = next(batches)
-            scores, first = action_logprobs(model, enc.prefix, [enc.suffixes[i][e] for i, e in batch], enc.actions,
-                                            pad)
+            scores, first = action_logprobs(engine, enc, [enc.suffixes[i][e] for i, e in batch])
             targets = torch.tensor([enc.targets[i] for i, _ in batch], device=scores.device)
             losses = row_losses(scores, targets, enc, self.objective)
             loss = losses.mean()
@@ -482,6 +399,11 @@ class AdapterInjector:
                 break
         return {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
                 "final_locality_kl": float(kl.detach())}
+
+
+def _prefix(engine: Engine, enc: Encoded) -> Batch | None:
+    """The shared prefix of every decision prompt, run once (with gradients when they are on)."""
+    return engine.run(None, [enc.prefix])[1] if enc.prefix else None
 
 
 def _pad(policy: LLMPolicy) -> int:

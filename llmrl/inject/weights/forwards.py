@@ -1,8 +1,9 @@
 """Forward passes over prompts cached up to their subject, and the hooks that read and shift the residual stream.
 
-Rows are right-padded on top of a KV cache; the part of every prompt before
-the subject is run once (their common prefix, the system prompt, once for all
-rows), so each optimisation step runs only the few tokens from the subject on.
+Rows run right-padded on the :class:`~llmrl.engine.Engine`; the part of every
+prompt before the subject is cached once (their common prefix, the system
+prompt, once for all rows), so each optimisation step runs only the few tokens
+from the subject on.
 """
 
 from __future__ import annotations
@@ -13,64 +14,11 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
+from llmrl.engine import Batch, Engine, StopForward
 from llmrl.inject.weights.layout import Layout
 from llmrl.inject.weights.prompts import SubjectPrompt
-
-
-class Stop(Exception):
-    """Raised by a hook to end a forward pass once the layers it needs have run."""
-
-
-@dataclass
-class Past:
-    """KV cache of right-padded rows; ``length`` is where each row's real tokens end."""
-
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
-    mask: torch.Tensor
-    length: torch.Tensor
-
-
-def forward(model: PreTrainedModel, rows: list[list[int]], past: Past | None, pad: int,
-             keep: int | torch.Tensor = 1) -> tuple[torch.Tensor | None, Past]:
-    """Run right-padded ``rows`` on top of ``past``: logits at columns ``keep`` (None if a hook
-    stopped the pass) and the extended past."""
-    n, width = len(rows), max(len(r) for r in rows)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    live = torch.zeros((n, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        live[i, :len(r)] = 1
-    start = past.length if past else torch.zeros(n, dtype=torch.long)
-    mask = torch.cat([past.mask, live], dim=1) if past else live
-    cache = DynamicCache(past.kv) if past else DynamicCache()
-    dev = model.device
-    try:
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                       position_ids=(start[:, None] + torch.arange(width)).to(dev),
-                       cache=cache, use_cache=True, logits_to_keep=keep).logits
-    except Stop:
-        logits = None
-    kv = [(layer.keys, layer.values) for layer in cache.layers if layer.is_initialized]
-    return logits, Past(kv, mask, start + live.sum(1))
-
-
-def encode(model: PreTrainedModel, rows: list[list[int]], pad: int) -> Past:
-    """KV cache of ``rows``, running their longest common prefix (the system prompt) only once."""
-    n, shared = len(rows), 0
-    while all(len(r) > shared and r[shared] == rows[0][shared] for r in rows):
-        shared += 1
-    past = None
-    if shared:
-        _, one = forward(model, [rows[0][:shared]], None, pad)
-        past = Past([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in one.kv],
-                     one.mask.expand(n, -1), one.length.expand(n))
-    rest = [r[shared:] for r in rows]
-    if any(rest):
-        _, past = forward(model, rest, past, pad)
-    assert past is not None  # every row has tokens before its subject
-    return past
 
 
 @dataclass
@@ -79,7 +27,7 @@ class Rows:
 
     prompts: list[SubjectPrompt]
     owner: torch.Tensor
-    past: Past
+    past: Batch
 
     @property
     def live(self) -> list[list[int]]:
@@ -102,20 +50,20 @@ def hooked(*handles: torch.utils.hooks.RemovableHandle) -> Iterator[None]:
 
 
 def _raise_stop(*_: object) -> None:
-    raise Stop
+    raise StopForward
 
 
-def cache_rows(model: PreTrainedModel, prompts: list[SubjectPrompt], owner: list[int], pad: int,
-          stop: nn.Module | None = None) -> Rows:
+def cache_rows(engine: Engine, prompts: list[SubjectPrompt], owner: list[int], stop: nn.Module | None = None
+               ) -> Rows:
     """Cache every prompt up to its subject; ``stop`` ends the pass after that block (keys only)."""
     handles = [stop.register_forward_hook(_raise_stop)] if stop is not None else []
     with torch.no_grad(), hooked(*handles):
-        past = encode(model, [p.ids[:p.subject] for p in prompts], pad)
+        past = engine.encode([p.ids[:p.subject] for p in prompts])
     return Rows(prompts, torch.tensor(owner), past)
 
 
-def subject_states(model: PreTrainedModel, layout: Layout, rows: Rows, layer: int, z_layer: int,
-                    pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def subject_states(engine: Engine, layout: Layout, rows: Rows, layer: int, z_layer: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (input of ``layer``'s down projection) and residuals (output of block ``z_layer``) at each
     row's subject token, per row; the pass stops after ``z_layer``."""
     got: dict[str, torch.Tensor] = {}
@@ -125,24 +73,24 @@ def subject_states(model: PreTrainedModel, layout: Layout, rows: Rows, layer: in
 
     def residual(_: nn.Module, args: tuple, out: torch.Tensor) -> None:
         got["z"] = out[:, 0].double().cpu()
-        raise Stop
+        raise StopForward
 
     with torch.no_grad(), hooked(layout.projections[layer].register_forward_pre_hook(key),
-                                  layout.blocks[z_layer].register_forward_hook(residual)):
-        forward(model, [[p.ids[p.subject]] for p in rows.prompts], rows.past, pad)
+                                 layout.blocks[z_layer].register_forward_hook(residual)):
+        engine.run(rows.past, [[p.ids[p.subject]] for p in rows.prompts], align="right")
     return got["k"], got["z"]
 
 
-def block_output(model: PreTrainedModel, block: nn.Module, rows: Rows, pad: int) -> torch.Tensor:
+def block_output(engine: Engine, block: nn.Module, rows: Rows) -> torch.Tensor:
     """Output of ``block`` at the live tokens of ``rows``; the pass stops there."""
     got: dict[str, torch.Tensor] = {}
 
     def record(_: nn.Module, args: tuple, out: torch.Tensor) -> None:
         got["h"] = out.detach()
-        raise Stop
+        raise StopForward
 
     with torch.no_grad(), hooked(block.register_forward_hook(record)):
-        forward(model, rows.live, rows.past, pad)
+        engine.run(rows.past, rows.live, align="right")
     return got["h"]
 
 
@@ -179,19 +127,19 @@ def mean_per_item(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Te
     return sums / counts.view(-1, *([1] * (values.dim() - 1)))
 
 
-def answer_logp(model: PreTrainedModel, rows: Rows, pad: int) -> torch.Tensor:
+def answer_logp(engine: Engine, rows: Rows) -> torch.Tensor:
     """Mean log-probability per answer token, per row, with whatever hooks are active."""
     lo, cols = rows.columns()
-    logits, _ = forward(model, rows.live, rows.past, pad, keep=cols.to(model.device))
+    logits, _ = engine.run(rows.past, rows.live, align="right", keep=cols.to(engine.model.device))
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     return torch.stack([torch.stack([logp[i, p.first - lo + t, a] for t, a in enumerate(p.answer)]).mean()
                         for i, p in enumerate(rows.prompts)])
 
 
-def next_logp(model: PreTrainedModel, rows: Rows, pad: int) -> torch.Tensor:
+def next_logp(engine: Engine, rows: Rows) -> torch.Tensor:
     """Next-token log-distribution at the end of each (essence) row."""
     lo, cols = rows.columns()
-    logits, _ = forward(model, rows.live, rows.past, pad, keep=cols.to(model.device))
+    logits, _ = engine.run(rows.past, rows.live, align="right", keep=cols.to(engine.model.device))
     index = torch.tensor([p.first - lo for p in rows.prompts], device=logits.device)
     return torch.log_softmax(logits.float()[torch.arange(len(index), device=logits.device), index], dim=-1).cpu()
 

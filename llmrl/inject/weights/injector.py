@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
 import torch
-from transformers import PreTrainedModel
 
+from llmrl.engine import Engine
 from llmrl.errors import UsageError
 from llmrl.inject import Edit
 from llmrl.inject.weights.forwards import (Rows, answer_logp, block_output, cache_rows, frozen, mean_per_item,
@@ -113,11 +113,11 @@ class WeightsInjector:
                     layout.projections[layer].weight.copy_(weight)
             policy.invalidate()
 
-        pad = policy.lm.tokenizer.pad_token_id
+        engine = Engine(model, policy.lm.tokenizer.pad_token_id)
         try:
             with frozen(model):
                 edit = self._rome if self.method == "rome" else self._memit
-                report = edit(model, layout, layers, plans, moments, pad)
+                report = edit(engine, layout, layers, plans, moments)
         except BaseException:
             restore()
             raise
@@ -165,8 +165,8 @@ class WeightsInjector:
                     sampled = sample_corpus(policy.lm, self.stats_tokens, self.stats_seed)
                     corpus = self._env_corpus(policy, items) + Corpus(sampled, [[] for _ in sampled])
                     corpus.save(corpus_path)
-                fresh, count = second_moments(policy.lm.model, layout, missing, corpus,
-                                              policy.lm.tokenizer.pad_token_id)
+                engine = Engine(policy.lm.model, policy.lm.tokenizer.pad_token_id)
+                fresh, count = second_moments(engine, layout, missing, corpus)
             for layer, mom2 in fresh.items():
                 write_tensors(paths[layer], {"mom2": mom2}, {"tokens": str(count)})
             moments.update(fresh)
@@ -189,28 +189,28 @@ class WeightsInjector:
 
     # -- keys, values and the closed-form updates ----------------------------------------------
 
-    def _encode_plans(self, model: PreTrainedModel, layout: Layout, plans: list[_Plan], top: int,
-                      pad: int) -> tuple[Rows, Rows | None, Rows]:
+    def _encode_plans(self, engine: Engine, layout: Layout, plans: list[_Plan], top: int
+                      ) -> tuple[Rows, Rows | None, Rows]:
         """Cached rows: value prompts (full depth), the other key prompts (up to block ``top``), essences."""
         def owned(get: Callable[[_Plan], list[SubjectPrompt]]) -> tuple[list[SubjectPrompt], list[int]]:
             pairs = [(p, i) for i, plan in enumerate(plans) for p in get(plan)]
             return [p for p, _ in pairs], [i for _, i in pairs]
 
-        values = cache_rows(model, *owned(lambda plan: plan.values), pad)
+        values = cache_rows(engine, *owned(lambda plan: plan.values))
         extra_prompts, extra_owner = owned(lambda plan: plan.extra_keys)
-        extra = cache_rows(model, extra_prompts, extra_owner, pad, stop=layout.blocks[top]) if extra_prompts else None
-        essence = cache_rows(model, *owned(lambda plan: [plan.essence]), pad)
+        extra = cache_rows(engine, extra_prompts, extra_owner, stop=layout.blocks[top]) if extra_prompts else None
+        essence = cache_rows(engine, *owned(lambda plan: [plan.essence]))
         return values, extra, essence
 
-    def _keys(self, model: PreTrainedModel, layout: Layout, groups: list[Rows], layer: int, top: int,
-              n: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keys(self, engine: Engine, layout: Layout, groups: list[Rows], layer: int, top: int,
+              n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per item: mean key at ``layer`` and mean residual after block ``top``, at the subject."""
-        keys, residuals = zip(*(subject_states(model, layout, rows, layer, top, pad) for rows in groups))
+        keys, residuals = zip(*(subject_states(engine, layout, rows, layer, top) for rows in groups))
         owner = torch.cat([rows.owner for rows in groups])
         return mean_per_item(torch.cat(keys), owner, n), mean_per_item(torch.cat(residuals), owner, n)
 
-    def _optimise(self, model: PreTrainedModel, layout: Layout, layer: int, values: Rows, essence: Rows,
-                  norms: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _optimise(self, engine: Engine, layout: Layout, layer: int, values: Rows, essence: Rows,
+                  norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item residual shifts δ at the subject after block ``layer``, and the answer log-prob before.
 
         δ shifts the residual stream, as adding it to the down projection's
@@ -221,7 +221,7 @@ class WeightsInjector:
         limit = (self.clamp * norms).float()
         delta = torch.zeros((n, layout.hidden_size), requires_grad=True)
         opt = torch.optim.Adam([delta], lr=self.lr)
-        recorded = {id(rows): block_output(model, layout.blocks[layer], rows, pad) for rows in (values, essence)}
+        recorded = {id(rows): block_output(engine, layout.blocks[layer], rows) for rows in (values, essence)}
 
         def shifted(rows: Rows) -> torch.Tensor:
             out = recorded[id(rows)]
@@ -233,9 +233,9 @@ class WeightsInjector:
         with torch.enable_grad():
             for step in range(self.steps):
                 with replay(layout.blocks[:layer + 1], shifted(values)):
-                    logp = mean_per_item(answer_logp(model, values, pad), values.owner, n)
+                    logp = mean_per_item(answer_logp(engine, values), values.owner, n)
                 with replay(layout.blocks[:layer + 1], shifted(essence)):
-                    now = next_logp(model, essence, pad)
+                    now = next_logp(engine, essence)
                 if step == 0:
                     before, init = logp.detach(), now.detach()
                 if bool((-logp < self.stop_nll).all()):
@@ -250,12 +250,12 @@ class WeightsInjector:
                     delta.mul_((limit / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)[:, None])
         return delta.detach().double(), before
 
-    def _after(self, model: PreTrainedModel, values: Rows, n: int, pad: int) -> torch.Tensor:
+    def _after(self, engine: Engine, values: Rows, n: int) -> torch.Tensor:
         """Answer log-prob per item under the edited weights, the prompts re-encoded from scratch
         (the edit also changes the context before the subject, so the old cache would mislead)."""
         with torch.no_grad():
-            fresh = cache_rows(model, values.prompts, values.owner.tolist(), pad)
-            return mean_per_item(answer_logp(model, fresh, pad), fresh.owner, n)
+            fresh = cache_rows(engine, values.prompts, values.owner.tolist())
+            return mean_per_item(answer_logp(engine, fresh), fresh.owner, n)
 
     def _report(self, plans: list[_Plan], before: torch.Tensor, after: torch.Tensor,
                 delta: torch.Tensor) -> list[dict]:
@@ -263,22 +263,22 @@ class WeightsInjector:
                  "logp_after": float(a), "delta_norm": float(d.norm())}
                 for plan, b, a, d in zip(plans, before, after, delta)]
 
-    def _rome(self, model: PreTrainedModel, layout: Layout, layers: list[int], plans: list[_Plan],
-              moments: dict[int, torch.Tensor], pad: int) -> list[dict]:
+    def _rome(self, engine: Engine, layout: Layout, layers: list[int], plans: list[_Plan],
+              moments: dict[int, torch.Tensor]) -> list[dict]:
         """One rank-one update per item, in order: ΔW = δ (C⁻¹k)ᵀ / (kᵀ C⁻¹ k), so that ΔW k = δ."""
         layer, report = layers[0], []
         c = moments[layer].double()
         for plan in plans:
-            values, extra, essence = self._encode_plans(model, layout, [plan], layer, pad)
-            k, z = self._keys(model, layout, [values] + ([extra] if extra else []), layer, layer, 1, pad)
-            delta, before = self._optimise(model, layout, layer, values, essence, z.norm(dim=1), pad)
+            values, extra, essence = self._encode_plans(engine, layout, [plan], layer)
+            k, z = self._keys(engine, layout, [values] + ([extra] if extra else []), layer, layer, 1)
+            delta, before = self._optimise(engine, layout, layer, values, essence, z.norm(dim=1))
             u = torch.linalg.solve(c, k[0])
             layout.add(layer, torch.outer(delta[0], u) / (k[0] @ u))
-            report += self._report([plan], before, self._after(model, values, 1, pad), delta)
+            report += self._report([plan], before, self._after(engine, values, 1), delta)
         return report
 
-    def _memit(self, model: PreTrainedModel, layout: Layout, layers: list[int], plans: list[_Plan],
-               moments: dict[int, torch.Tensor], pad: int) -> list[dict]:
+    def _memit(self, engine: Engine, layout: Layout, layers: list[int], plans: list[_Plan],
+               moments: dict[int, torch.Tensor]) -> list[dict]:
         """MEMIT: shift the residual after the last layer by δ, then per layer l (in order)
         ΔW_l = R Kᵀ (λ C + K Kᵀ)⁻¹ with R the remaining shift divided by the layers left.
 
@@ -287,13 +287,13 @@ class WeightsInjector:
         which the update, fitted to leave other keys alone, barely changes.
         """
         n, top = len(plans), layers[-1]
-        values, extra, essence = self._encode_plans(model, layout, plans, top, pad)
+        values, extra, essence = self._encode_plans(engine, layout, plans, top)
         groups = [values] + ([extra] if extra else [])
-        k, z0 = self._keys(model, layout, groups, layers[0], top, n, pad)
-        delta, before = self._optimise(model, layout, top, values, essence, z0.norm(dim=1), pad)
+        k, z0 = self._keys(engine, layout, groups, layers[0], top, n)
+        delta, before = self._optimise(engine, layout, top, values, essence, z0.norm(dim=1))
         for j, layer in enumerate(layers):
-            k, z = (k, z0) if j == 0 else self._keys(model, layout, groups, layer, top, n, pad)
+            k, z = (k, z0) if j == 0 else self._keys(engine, layout, groups, layer, top, n)
             resid = (z0 + delta - z) / (len(layers) - j)
             a = self.mom2_weight_per_item * n * moments[layer].double() + k.T @ k
             layout.add(layer, resid.T @ torch.linalg.solve(a, k.T).T)
-        return self._report(plans, before, self._after(model, values, n, pad), delta)
+        return self._report(plans, before, self._after(engine, values, n), delta)

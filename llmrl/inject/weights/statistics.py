@@ -20,9 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from llmrl.inject.weights.forwards import Stop, hooked
+from llmrl.engine import Engine, StopForward
+from llmrl.inject.weights.forwards import hooked
 from llmrl.inject.weights.layout import Layout
 from llmrl.models import LoadedModel
 
@@ -156,8 +157,8 @@ def _batches(lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
         yield chunk
 
 
-def second_moments(model: PreTrainedModel, layout: Layout, layers: list[int], corpus: Corpus, pad: int,
-                   batch_tokens: int = 4096) -> tuple[dict[int, torch.Tensor], int]:
+def second_moments(engine: Engine, layout: Layout, layers: list[int], corpus: Corpus, batch_tokens: int = 4096
+                   ) -> tuple[dict[int, torch.Tensor], int]:
     """E[k kᵀ] of the down-projection inputs at ``layers`` over ``corpus``, and the number of tokens.
 
     The corpus's skipped positions (the edited subjects) are left out: their
@@ -166,31 +167,22 @@ def second_moments(model: PreTrainedModel, layout: Layout, layers: list[int], co
     """
     sums = {layer: torch.zeros((layout.key_size, layout.key_size), dtype=torch.float64) for layer in layers}
     got: dict[int, torch.Tensor] = {}
-    count, dev = 0, model.device
+    count, dev = 0, engine.model.device
 
     def capture(layer: int) -> Callable:
         def hook(_: nn.Module, args: tuple) -> None:
             got[layer] = args[0]
             if layer == layers[-1]:
-                raise Stop
+                raise StopForward
         return hook
 
     handles = [layout.projections[layer].register_forward_pre_hook(capture(layer)) for layer in layers]
     with torch.no_grad(), hooked(*handles):
         for chunk in _batches([len(seq) for seq in corpus.sequences], batch_tokens):
-            width = max(len(corpus.sequences[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            real = torch.zeros((len(chunk), width), dtype=torch.bool)
-            for row, i in enumerate(chunk):
-                ids[row, :len(corpus.sequences[i])] = torch.tensor(corpus.sequences[i])
-                real[row, :len(corpus.sequences[i])] = True
-            keep = real.clone()
+            _, batch = engine.run(None, [corpus.sequences[i] for i in chunk], align="right")
+            keep = batch.mask.bool()
             for row, i in enumerate(chunk):
                 keep[row, corpus.skip[i]] = False
-            try:
-                model(input_ids=ids.to(dev), attention_mask=real.long().to(dev), use_cache=False)
-            except Stop:
-                pass
             count += int(keep.sum())
             for layer in layers:
                 k = got[layer][keep.to(dev)].float()
