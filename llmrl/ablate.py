@@ -108,6 +108,9 @@ class AblateConfig(Strict):
     #: Ray resources per run.
     ray_cpus: float = Field(1.0, gt=0)
     ray_gpus: float = Field(0.0, ge=0)
+    #: Ray's runtime environment for the runs, e.g. ``{pip: [/shared/dist/llmrl-0.1.0-py3-none-any.whl]}``
+    #: to install llmrl on nodes that lack it (docs/experiments.md, "Running on Ray").
+    ray_runtime_env: dict[str, Any] = Field(default_factory=dict)
     out: Path = Path("results/experiment")
 
     def seed_list(self) -> list[int]:
@@ -351,14 +354,15 @@ def _die_with_parent() -> None:
 
 
 def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: float, gpus: float,
-            threads: int | None) -> Iterator[RunRecord]:
+            threads: int | None, runtime_env: dict[str, Any] | None = None) -> Iterator[RunRecord]:
     """One Ray task per run with its resource request; records come back to the driver, which writes them."""
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}})
+        env = dict(runtime_env or {})
+        env["env_vars"] = {"TRANSFORMERS_VERBOSITY": "error", **env.get("env_vars", {})}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
     try:
         pending = [task.remote(spec, str(results.resolve()), threads or max(1, int(cpus))) for spec in specs]
@@ -383,7 +387,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
         records = run_local(todo, results, workers, threads)
     elif backend == "ray":
-        records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads)
+        records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)
     else:
         raise UsageError(f"unknown backend {backend!r}; choose local or ray")
     failed = 0

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int)
     ev.add_argument("--max-steps", type=int, dest="max_steps")
     ev.add_argument("--n-envs", type=int, dest="n_envs")
+    ev.add_argument("--threads", type=int, help="torch threads (default: torch's; with --run, the run's)")
     ev.add_argument("--mode", help="score (default) or generate")
     ev.add_argument("--normalization", help="word (default), token or sum")
     ev.add_argument("--temperature", type=float, help="0 = greedy (default)")
@@ -138,17 +139,26 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     unless ``values`` sets them."""
     from llmrl.config import EvalConfig, build
     from llmrl.evaluate import eval_seed
-    from llmrl.loop import finished_run, restore
+    from llmrl.loop import finished_run, restore, run_threads
 
     fixed = sorted({"env", "policy", "model", "mode", "normalization", "shots", "trajectories"} & set(values))
     if fixed:
         raise UsageError(f"eval --run plays the run's own edited policy; drop {', '.join(fixed)}")
     run, items = finished_run(values["run"])
     defaults = {"env": run.env, "episodes": run.eval_episodes, "seed": eval_seed(run.seed),
-                "max_steps": run.eval_max_steps, "n_envs": run.n_envs, "device": run.device, "dtype": run.dtype}
+                "max_steps": run.eval_max_steps, "n_envs": run.n_envs, "device": run.device, "dtype": run.dtype,
+                "threads": run_threads(values["run"])}
     cfg = build(EvalConfig, {**defaults, **values}, source=source)  # bad options fail before the model loads
-    policy = restore(run, items, cfg.device, cfg.dtype, cfg.temperature)
+    _set_threads(cfg.threads)
+    policy = restore(values["run"], run, items, cfg.device, cfg.dtype, cfg.temperature)
     return policy, cfg, run.strategy
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -177,6 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         card, variant = get_card(cfg.env)
         variant = variant or cfg.variant
         card.make_env(variant).close()  # fail on a bad card before loading a model
+        _set_threads(cfg.threads)
         lm = None if cfg.policy == "random" else load_model(cfg.model, cfg.device, cfg.dtype)
         policy_kwargs = {} if lm is None else dict(mode=cfg.mode, normalization=cfg.normalization,
                                                    temperature=cfg.temperature)

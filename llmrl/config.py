@@ -34,6 +34,8 @@ class EvalConfig(Strict):
     seed: int = 0
     max_steps: int | None = Field(None, ge=1)
     n_envs: int = Field(8, ge=1)
+    #: Torch threads; the count changes the order of floating-point sums (and so bf16 results).
+    threads: int | None = Field(None, ge=1)
     mode: Literal["score", "generate"] = "score"
     normalization: Literal["word", "token", "sum"] = "word"
     temperature: float = Field(0.0, ge=0.0)

@@ -38,12 +38,12 @@ from llmrl.strategies import EDIT_STRATEGIES, injector_class
 def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
     """The injector of edit strategy ``strategy``, built from the config's ``strategy_options``.
 
-    The adapter saves under ``out``.
+    The adapter saves itself, and the weights injector the corpus of its statistics, under ``out``.
     """
     if strategy not in EDIT_STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(EDIT_STRATEGIES)}")
-    if strategy == "adapter" and out is not None:
-        options.setdefault("save_dir", out / "adapter")
+    if strategy in ("adapter", "weights") and out is not None:
+        options.setdefault("save_dir", out / strategy)
     try:
         return injector_class(strategy)(**options)
     except (TypeError, ValueError) as exc:
@@ -88,7 +88,7 @@ class LoopSummary:
     env: str
     strategy: str
     model: str
-    runtime: dict[str, str]
+    runtime: dict[str, str | int]
     seed: int
     iterations: int
     env_steps: int
@@ -120,6 +120,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     (out / "iterations.jsonl").unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    (out / "runtime.json").write_text(json.dumps(lm.runtime, indent=2))
     policy = _base_policy(cfg, card, lm)
     probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
     kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
@@ -202,20 +203,35 @@ def finished_run(folder: Path | str) -> tuple[LoopConfig, list[KnowledgeItem]]:
     return cfg, items
 
 
-def restore(cfg: LoopConfig, items: list[KnowledgeItem], device: str | None = None, dtype: str | None = None,
-            temperature: float = 0.0) -> LLMPolicy:
-    """The final policy of a finished run (see :func:`finished_run`), to evaluate again.
+def run_threads(folder: Path | str) -> int | None:
+    """The torch threads a run computed with (``runtime.json``; None for runs from before it was kept).
+
+    The thread count changes the order of floating-point sums, and in bf16 that can change what an
+    adapter learns, so a replay computes with the run's.
+    """
+    path = Path(folder) / "runtime.json"
+    return json.loads(path.read_text()).get("threads") if path.exists() else None
+
+
+def restore(folder: Path | str, cfg: LoopConfig, items: list[KnowledgeItem], device: str | None = None,
+            dtype: str | None = None, temperature: float = 0.0) -> LLMPolicy:
+    """The final policy of the finished run in ``folder`` (see :func:`finished_run`), to evaluate again.
 
     The run's base prompt gets its final items injected again, with the run's
     strategy options: the items a run ends with are those of its last edit, and
     every injector is seeded, so this is the policy its last evaluation played.
+    The weights injector computes its statistics from the corpus the run kept.
     ``device`` and ``dtype`` default to the run's; its saved adapter is left as it is.
     """
     card, _ = get_card(cfg.env)
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
     policy = _base_policy(cfg, card, lm, temperature)
     if items and cfg.strategy != "none":
-        make_injector(cfg.strategy, dict(cfg.strategy_options)).inject(policy, items)
+        options = dict(cfg.strategy_options)
+        corpus = Path(folder) / "weights" / "corpus.safetensors"
+        if cfg.strategy == "weights" and corpus.exists():
+            options.setdefault("corpus", corpus)
+        make_injector(cfg.strategy, options).inject(policy, items)
     return policy
 
 

@@ -55,9 +55,9 @@ class LoadedModel:
     dtype: torch.dtype
 
     @property
-    def runtime(self) -> dict[str, str]:
-        """Where and in what precision the model runs, as run records store it."""
-        return {"device": str(self.device), "dtype": dtype_name(self.dtype)}
+    def runtime(self) -> dict[str, str | int]:
+        """Where, in what precision and on how many torch threads the model runs, as run records store it."""
+        return {"device": str(self.device), "dtype": dtype_name(self.dtype), "threads": torch.get_num_threads()}
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -68,8 +68,8 @@ class RunRecord(_Record):
     host: str
     edit: EditMetrics | None = None
     error: str | None = None
-    #: Device and dtype the model ran in; None for runs without a model.
-    runtime: dict[str, str] | None = None
+    #: Device, dtype and torch threads the model ran with; None for runs without a model.
+    runtime: dict[str, str | int] | None = None
     env_steps: int | None = None
     curve: list[CurvePoint] = Field(default_factory=list)
     final_mean_return: float | None = None

@@ -219,3 +219,23 @@ def test_ray_backend_runs_a_grid_on_a_local_instance(tmp_path):
     ablate(local)
     for run_id, record in records(tmp_path / "local").items():
         assert record["final_returns"] == got[run_id]["final_returns"]
+
+
+def test_ray_runtime_env_from_the_config_reaches_ray_init(tmp_path, monkeypatch):
+    """The config's ray_runtime_env (e.g. pip: [the llmrl wheel]) is what ray.init gets, with llmrl's own env var."""
+    import types
+
+    seen: dict = {}
+    fake = types.ModuleType("ray")
+    fake.is_initialized = lambda: False
+    fake.init = lambda **kwargs: seen.update(kwargs)
+    fake.shutdown = lambda: None
+    fake.remote = lambda **_: (lambda fn: types.SimpleNamespace(remote=lambda *args: fn(*args)))
+    fake.wait = lambda pending, num_returns: (pending[:num_returns], pending[num_returns:])
+    fake.get = lambda ref: ref
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    wheel = "/shared/dist/llmrl-0.1.0-py3-none-any.whl"
+    cfg = load_config(grid(tmp_path, strategies=["random"], seeds=1,
+                           ray_runtime_env={"pip": [wheel], "env_vars": {"MARK": "1"}}))
+    assert ablate(cfg, backend="ray")["failed"] == 0
+    assert seen["runtime_env"] == {"pip": [wheel], "env_vars": {"TRANSFORMERS_VERBOSITY": "error", "MARK": "1"}}

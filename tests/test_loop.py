@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -147,9 +148,14 @@ def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch,
     assert main(["eval", "--run", str(out), "--variant", "heavy-long-pole", "--episodes", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["env"] == "CartPole-v1:heavy-long-pole"
     run, items = finished_run(out)
-    policy = restore(run, items)
+    assert json.loads((out / "runtime.json").read_text())["threads"] == torch.get_num_threads()
+    policy = restore(out, run, items)
     assert reliability(policy, items) == pytest.approx(summary["reliability"], abs=1e-9)
     texts = [t for i in items for t in i.examples]
+    if strategy == "weights":  # on a machine without the run's cached statistics, the kept corpus gives them
+        assert (out / "weights" / "corpus.safetensors").is_file()
+        shutil.rmtree(tmp_path / "cache" / "stats")
+        assert torch.equal(restore(out, run, items).scores(texts), policy.scores(texts))
     unedited = make_baseline("zero-shot", get_card(run.env)[0], load_model("tiny", device="cpu", dtype="float32"))
     assert not torch.equal(policy.scores(texts), unedited.scores(texts))
     policy.temperature = 1.0  # as `eval --run --temperature 1` builds it

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -58,10 +61,16 @@ class WeightsInjector:
     Statistics: ``stats_tokens`` sampled tokens (seeded by ``stats_seed``)
     plus up to ``stats_prompts`` decision prompts of the items' examples and
     ``corpus_texts``. They are computed once per model and layer and cached
-    under ``cache_dir()/stats/<model key>``. MEMIT weighs them by λ =
-    ``mom2_weight_per_item`` times the number of items: its least squares sums
-    over the items, so a fixed λ (MEMIT's 15,000) makes an edit of a few items
-    too weak to land and one of many items too strong.
+    under ``cache_dir()/stats/<model key>``; the corpus is built by the first
+    edit that needs it, from its items, so a cache filled by another run gives
+    other statistics. ``save_dir`` keeps a copy of the corpus an edit's
+    statistics came from, and ``corpus`` (such a copy) computes them from it
+    instead, which is how a replay gets the statistics its run had.
+
+    MEMIT weighs the statistics by λ = ``mom2_weight_per_item`` times the
+    number of items: its least squares sums over the items, so a fixed λ
+    (MEMIT's 15,000) makes an edit of a few items too weak to land and one of
+    many items too strong.
     """
 
     name: ClassVar[str] = "weights"
@@ -82,6 +91,8 @@ class WeightsInjector:
     stats_seed: int = 0
     corpus_texts: Sequence[str] = ()
     essence: str = "When {}, this means"
+    corpus: Path | str | None = None
+    save_dir: Path | str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -151,13 +162,22 @@ class WeightsInjector:
     def statistics(self, policy: LLMPolicy, layout: Layout, layers: list[int],
                    items: list[KnowledgeItem]) -> tuple[dict[int, torch.Tensor], dict]:
         """C = E[k kᵀ] per layer: from the cache, else from the cached corpus, else from a new one."""
-        recipe = f"corpus-{self.stats_tokens}-seed{self.stats_seed}"
+        if self.corpus is not None:
+            given = Path(self.corpus)
+            if not given.is_file():
+                raise UsageError(f"statistics corpus {given} does not exist")
+            recipe = f"corpus-file-{hashlib.sha256(given.read_bytes()).hexdigest()[:16]}"
+        else:
+            recipe = f"corpus-{self.stats_tokens}-seed{self.stats_seed}"
         folder = cache_dir() / "stats" / model_key(policy.lm, layout) / recipe
+        corpus_path = folder / "corpus.safetensors"
+        if self.corpus is not None and not corpus_path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.corpus, corpus_path)
         paths = {layer: folder / f"layer-{layer:03d}.safetensors" for layer in layers}
         moments = {layer: read_tensors(p)["mom2"] for layer, p in paths.items() if p.exists()}
         missing = [layer for layer in layers if layer not in moments]
         if missing:
-            corpus_path = folder / "corpus.safetensors"
             with frozen(policy.lm.model):
                 if corpus_path.exists():
                     corpus = Corpus.load(corpus_path)
@@ -170,6 +190,9 @@ class WeightsInjector:
             for layer, mom2 in fresh.items():
                 write_tensors(paths[layer], {"mom2": mom2}, {"tokens": str(count)})
             moments.update(fresh)
+        if self.save_dir is not None and corpus_path.exists():
+            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(corpus_path, Path(self.save_dir) / "corpus.safetensors")
         return moments, {"stats_cached": not missing, "stats_dir": str(folder)}
 
     def _env_corpus(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Corpus:
