@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--dry-run", action="store_true", dest="dry_run", help="list the runs and their status, run none")
     ab.add_argument("--backend", choices=["local", "ray"], default="local")
     ab.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    ab.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    ab.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a cluster started here with "
+                                       "`ray start`, else a new local instance)")
     ab.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
     rep = sub.add_parser("report", help="write the Markdown and HTML report of an experiment's results")

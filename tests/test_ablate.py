@@ -142,8 +142,10 @@ def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
     assert zero["curve"][0]["env_steps"] == 0 and zero["final_mean_return"] == zero["curve"][0]["mean_return"]
     assert zero["config"]["seed"] == 1 and {"python", "torch", "transformers", "gymnasium"} <= set(zero["versions"])
     assert got["CartPole-v1__random__s0__none"]["model"] is None
-    # dtype auto, named when the grid is expanded: the record says the precision the run played in
-    assert zero["runtime"] == {"device": "cpu", "dtype": zero["config"]["dtype"]} and context["runtime"] == zero["runtime"]
+    # dtype auto, named when the grid is expanded: the record says the precision the run played in, and on
+    # how many threads (one worker: all the cores)
+    assert zero["runtime"] == {"device": "cpu", "dtype": zero["config"]["dtype"], "threads": os.cpu_count()}
+    assert context["runtime"] == zero["runtime"]
     for run in got.values():  # every strategy also played CartPole's one variant
         assert set(run["portability"]) == {"heavy-long-pole"} and len(run["portability"]["heavy-long-pole"]["returns"]) == 2
 
