@@ -144,7 +144,7 @@ class Engine:
                 ids[j::m, :len(cont)] = torch.tensor(cont)
                 live[j::m, :len(cont)] = True
             logits, _ = self.run(batch.repeat_interleave(m), ids, keep=width, live=live)
-            cont_logp = torch.log_softmax(logits.float(), dim=-1)
+            cont_logp = torch.log_softmax(logits.float(), dim=-1).to(first.device)  # where the caller scores
             for j, i in enumerate(multi):
                 targets = torch.tensor(actions[i][1:], device=cont_logp.device)
                 rows = cont_logp[j::m, :len(targets)]
