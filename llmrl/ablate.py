@@ -24,6 +24,7 @@ request. Both call :func:`execute`; only the scheduling differs.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import signal
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
@@ -42,7 +44,7 @@ from pydantic import Field, model_validator
 
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
-from llmrl.record import RunRecord, record_path, write_record
+from llmrl.record import RunRecord, record_path, write_json, write_record
 from llmrl.strategies import BY_NAME, NAMES
 
 if TYPE_CHECKING:
@@ -374,27 +376,51 @@ def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: floa
             ray.shutdown()
 
 
+@contextmanager
+def one_driver(results: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``results/.lock`` while the experiment runs, so that a second driver on the
+    same folder is refused instead of running every run again beside the first. The kernel releases the
+    lock when this process ends, however it ends."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        fd = os.open(results / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write to the results folder {results}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UsageError(f"{results} is in use by another llmrl ablate (PID {holder}); wait for it to end "
+                             "or set another out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address: str | None = None,
            on_record: Callable[[RunRecord, int, int], None] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the grid; returns counts and the results folder."""
+    if backend not in ("local", "ray"):
+        raise UsageError(f"unknown backend {backend!r}; choose local or ray")
     specs = expand(cfg)
     results = cfg.out
-    todo = [s for s in specs if status(results, s) != "ok"]
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "experiment.json").write_text(json.dumps(
-        {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)}, indent=1))
-    if backend == "local":
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
-        records = run_local(todo, results, workers, threads)
-    elif backend == "ray":
-        records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)
-    else:
-        raise UsageError(f"unknown backend {backend!r}; choose local or ray")
-    failed = 0
-    for n, record in enumerate(records, 1):
-        write_record(results, record)
-        failed += not record.ok
-        if on_record:
-            on_record(record, n, len(todo))
+    with one_driver(results):
+        todo = [s for s in specs if status(results, s) != "ok"]
+        write_json(results / "experiment.json",
+                   {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)})
+        if backend == "local":
+            threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+            records = run_local(todo, results, workers, threads)
+        else:
+            records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)
+        failed = 0
+        for n, record in enumerate(records, 1):
+            write_record(results, record)
+            failed += not record.ok
+            if on_record:
+                on_record(record, n, len(todo))
     return {"runs": len(specs), "skipped": len(specs) - len(todo), "ran": len(todo), "failed": failed,
             "out": str(results)}

@@ -99,17 +99,21 @@ def record_path(results: Path, run_id: str) -> Path:
     return results / "runs" / f"{run_id}.json"
 
 
-def write_record(results: Path, record: RunRecord) -> Path:
-    """Atomically: a reader (or a resumed experiment) sees the whole record or none of it."""
-    path = record_path(results, record.run_id)
+def write_json(path: Path, data: Any) -> Path:
+    """Atomically (temporary file, fsync, rename): a reader sees the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(record.dump(), f, indent=1)
+        json.dump(data, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_record(results: Path, record: RunRecord) -> Path:
+    """Atomically: a reader (or a resumed experiment) sees the whole record or none of it."""
+    return write_json(record_path(results, record.run_id), record.dump())
 
 
 def read_record(path: Path) -> RunRecord:

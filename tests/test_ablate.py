@@ -241,3 +241,25 @@ def test_ray_runtime_env_from_the_config_reaches_ray_init(tmp_path, monkeypatch)
                            ray_runtime_env={"pip": [wheel], "env_vars": {"MARK": "1"}}))
     assert ablate(cfg, backend="ray")["failed"] == 0
     assert seen["runtime_env"] == {"pip": [wheel], "env_vars": {"TRANSFORMERS_VERBOSITY": "error", "MARK": "1"}}
+
+
+def test_one_driver_per_results_folder_and_a_dead_drivers_lock_is_gone(tmp_path, capsys):
+    """A second driver on a folder in use is refused with the holder's PID; once the holder dies (here:
+    SIGKILL), the kernel has released its lock and the next driver runs."""
+    cfg = load_config(grid(tmp_path, strategies=["random"], seeds=1))
+    cfg.out.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(cfg.out / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+        "print('held', flush=True)\ntime.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["ablate", str(grid(tmp_path, strategies=["random"], seeds=1))]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another llmrl ablate (PID {holder.pid})" in err and "Traceback" not in err
+        assert not (cfg.out / "runs").exists()  # nothing ran beside the holder
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ablate(cfg)["ran"] == 1
