@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Literal
 
 from pydantic import Field, model_validator
 
@@ -84,7 +84,7 @@ class AblateConfig(Strict):
     envs: list[str] = Field(min_length=1)
     strategies: list[Literal[NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
     #: Seeds: a count (0..n-1) or an explicit list.
-    seeds: int | list[int] = 5
+    seeds: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = 5
     #: Model ids (None: the default model); random and PPO runs use none.
     models: list[str | None] = Field(default_factory=lambda: [None])
     device: str = "auto"
@@ -135,7 +135,7 @@ class RunSpec:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
     values = apply_overrides(load_yaml(path), overrides or [])
-    return build(AblateConfig, values, source=f"experiment config {path}")
+    return build(AblateConfig, values, source=f"experiment config {path}", overrides=overrides or [])
 
 
 def expand(cfg: AblateConfig) -> list[RunSpec]:

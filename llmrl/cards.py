@@ -119,7 +119,13 @@ class Card:
     def make_env(self, variant: str | None = None, observation: str | None = None, **kwargs: Any) -> gym.Env:
         """Make the Gymnasium environment, optionally in one of the variants and with another observation."""
         for module in self.requires:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                if isinstance(exc, UsageError):
+                    raise
+                raise UsageError(f"card {self.key} requires module {module!r}, which cannot be imported: "
+                                 f"{exc}") from exc
         spec = Variant("", {}, {})
         if variant is not None:
             if variant not in self.variants:
@@ -129,7 +135,10 @@ class Card:
         if observation is not None and observation not in self.observations:
             known = ", ".join(self.observations) or "only the environment's own"
             raise UsageError(f"card {self.key} gives no {observation!r} observation (it gives {known})")
-        env = self.build({**self.make_kwargs, **spec.make_kwargs, **kwargs}, observation)
+        try:
+            env = self.build({**self.make_kwargs, **spec.make_kwargs, **kwargs}, observation)
+        except gym.error.Error as exc:  # not registered, a removed version, a missing dependency
+            raise UsageError(f"card {self.key}: Gymnasium cannot make {self.env_id}: {exc}") from exc
         for attr, value in spec.attributes.items():
             setattr(env.unwrapped, attr, value)
         self.check(env)

@@ -1,4 +1,4 @@
-"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``ablate``, ``report``, ``envs``, ``bench throughput``.
+"""The ``llmrl`` command: ``model fetch|info``, ``eval``, ``run``, ``ablate``, ``report``, ``envs``, ``bench``.
 
 Bad input of any kind ends in one ``llmrl: error: ...`` line and exit code 2;
 with ``--json`` the last line of stdout is one JSON object.
@@ -155,6 +155,14 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     return policy, cfg, run.strategy
 
 
+def _writable(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -196,6 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
                                **policy_kwargs)
         name = cfg.policy
     model = policy.lm.name if isinstance(policy, LLMPolicy) else None
+    if args.save_trajectories:  # a bad path fails before the episodes are played
+        _writable(args.save_trajectories)
     result, trajectories = evaluate(policy, card, name, model, cfg.episodes, cfg.seed,
                                     cfg.n_envs, cfg.max_steps, variant, progress=sys.stderr.isatty())
     if args.save_trajectories:
@@ -215,7 +225,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     from llmrl.loop import run
 
     values = apply_overrides(load_yaml(args.config), args.set)
-    cfg = build(LoopConfig, values, source=str(args.config))
+    cfg = build(LoopConfig, values, source=str(args.config), overrides=args.set)
 
     def show(row: dict) -> None:
         if not args.json:
@@ -284,7 +294,8 @@ def cmd_envs(args: argparse.Namespace) -> list:
             for k, c in sorted(all_cards().items())]
     if not args.json:
         for r in rows:
-            print(f"{r['name']:<34} actions: {', '.join(r['actions'])}"
+            actions = ", ".join(r["actions"]) or "none (the card cannot play: give it action words)"
+            print(f"{r['name']:<34} actions: {actions}"
                   + (f"   variants: {', '.join(r['variants'])}" if r["variants"] else ""))
     return rows
 

