@@ -142,6 +142,10 @@ class AtariCard(Card):
             importlib.import_module("ocatari.ram")
         except ImportError as exc:
             raise MissingExtra(f"card {self.key} reads objects with OCAtari: pip install -e '.[atari]' ({exc})") from exc
+        import ale_py
+
+        # ALE prints its banner to stderr on every new emulator unless its logger is told to keep to errors.
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         if observation == "pixels":
             env = ObjectReader(gym.make(self.env_id, obs_type="grayscale", **kwargs), self._module, vector=False)
             env = gym.wrappers.ResizeObservation(env, (84, 84))

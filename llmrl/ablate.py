@@ -16,34 +16,31 @@ evaluated every ``steps_per_iteration`` steps. ``ppo`` reads the environment's
 own observation (OCAtari's object vector on Atari), ``ppo-pixels`` the card's
 ``pixels`` observation.
 
-Backends: worker processes on this machine (``--workers N``), or Ray
-(``--backend ray [--address ADDR]``), one Ray task per run with its CPU and GPU
-request. Both call :func:`execute`; only the scheduling differs.
+Runs execute in this process, in worker processes (``--workers N``) or as
+Ray tasks (``--backend ray``), see :mod:`llmrl.backends`; all call
+:func:`execute`, and only this driver writes to the results folder, which it
+locks against a second driver (:mod:`llmrl.folders`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import hashlib
 import json
 import os
 import platform
-import signal
+import shutil
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
-from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
+from llmrl.folders import exclusive, short_name, writable
 from llmrl.record import RunRecord, record_path, write_json, write_record
 from llmrl.strategies import BY_NAME, NAMES
 
@@ -163,7 +160,8 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
                     label = "none" if modelless else (model or "default")
                     name = "__".join([env.replace("/", "-").replace(":", "-"), strategy, f"s{seed}",
                                       label.replace("/", "-")])
-                    specs.append(RunSpec(name, env, strategy, seed, model, config, card.version))
+                    # a long model path could make a name the file system refuses: shortened, the same every time
+                    specs.append(RunSpec(short_name(name), env, strategy, seed, model, config, card.version))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise UsageError("the grid has duplicate runs (repeated envs, strategies, seeds or models)")
@@ -225,8 +223,11 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
             "model": spec.model, "kind": kind, "config": spec.config, "card_version": spec.card_version,
             "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": platform.node()}
+    folder = Path(results) / "runs" / spec.run_id
     try:
-        outcome = _RUNNERS[kind](spec, Path(results) / "runs" / spec.run_id)
+        if folder.exists():  # left by an attempt that was killed or failed: a run starts from an empty folder
+            shutil.rmtree(folder)
+        outcome = _RUNNERS[kind](spec, folder)
         return RunRecord(**{**base, **outcome}, status="ok", wall_seconds=time.perf_counter() - t0)
     except Exception:  # noqa: BLE001 - a failed run is recorded, and the grid goes on
         return RunRecord(**base, status="failed", error=traceback.format_exc(), wall_seconds=time.perf_counter() - t0)
@@ -329,98 +330,47 @@ def fingerprint(specs: list[RunSpec]) -> str:
     return hashlib.sha256(json.dumps([s.run_id for s in specs]).encode()).hexdigest()[:12]
 
 
-# -- backends -------------------------------------------------------------------------------------------
-
-
-def run_local(specs: list[RunSpec], results: Path, workers: int, threads: int | None) -> Iterator[RunRecord]:
-    """Runs in this process (one worker) or in ``workers`` spawned processes; yields records as they finish."""
-    if workers == 1:
-        for spec in specs:
-            yield execute(spec, str(results), threads)
-        return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
-        pending: set[Future] = {pool.submit(execute, spec, str(results), threads) for spec in specs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-
-
-def _die_with_parent() -> None:
-    """Linux: a worker gets SIGKILL when the experiment dies, instead of running on unseen."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def run_ray(specs: list[RunSpec], results: Path, address: str | None, cpus: float, gpus: float,
-            threads: int | None, runtime_env: dict[str, Any] | None = None) -> Iterator[RunRecord]:
-    """One Ray task per run with its resource request; records come back to the driver, which writes them."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        env = dict(runtime_env or {})
-        env["env_vars"] = {"TRANSFORMERS_VERBOSITY": "error", **env.get("env_vars", {})}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
-    try:
-        pending = [task.remote(spec, str(results.resolve()), threads or max(1, int(cpus))) for spec in specs]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-@contextmanager
-def one_driver(results: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``results/.lock`` while the experiment runs, so that a second driver on the
-    same folder is refused instead of running every run again beside the first. The kernel releases the
-    lock when this process ends, however it ends."""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        fd = os.open(results / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise UsageError(f"cannot write to the results folder {results}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsageError(f"{results} is in use by another llmrl ablate (PID {holder}); wait for it to end "
-                             "or set another out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address: str | None = None,
            on_record: Callable[[RunRecord, int, int], None] | None = None) -> dict[str, Any]:
-    """Run every unfinished run of the grid; returns counts and the results folder."""
+    """Run every unfinished run of the grid; returns counts and the results folder.
+
+    The folder is locked against a second driver and checked for writing before any run starts. A record
+    that cannot be written stops the experiment at once: the runs still queued are cancelled, the records
+    already written stay, and the same command resumes once the folder is fixed.
+    """
+    from llmrl.backends import run_local, run_ray
+
     if backend not in ("local", "ray"):
         raise UsageError(f"unknown backend {backend!r}; choose local or ray")
     specs = expand(cfg)
     results = cfg.out
-    with one_driver(results):
+    with exclusive(results, "llmrl ablate"):
+        writable(results / "runs", "the records folder")
         todo = [s for s in specs if status(results, s) != "ok"]
-        write_json(results / "experiment.json",
-                   {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)})
+        try:
+            write_json(results / "experiment.json",
+                       {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)})
+        except OSError as exc:
+            raise UsageError(f"cannot write {results / 'experiment.json'}: {exc.strerror}") from None
         if backend == "local":
             threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
             records = run_local(todo, results, workers, threads)
         else:
             records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)
         failed = 0
-        for n, record in enumerate(records, 1):
-            write_record(results, record)
-            failed += not record.ok
-            if on_record:
-                on_record(record, n, len(todo))
+        try:
+            for n, record in enumerate(records, 1):
+                try:
+                    write_record(results, record)
+                except OSError as exc:
+                    raise UsageError(f"cannot write {record_path(results, record.run_id)}: {exc.strerror}; stopped "
+                                     f"the experiment, keeping the {n - 1} records written before it (the same "
+                                     "command resumes from them)") from None
+                failed += not record.ok
+                if on_record:
+                    on_record(record, n, len(todo))
+        finally:
+            records.close()  # cancels what is still queued when a write failed or the driver was interrupted
     return {"runs": len(specs), "skipped": len(specs) - len(todo), "ran": len(todo), "failed": failed,
             "out": str(results)}
+

@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors on a single line (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # main() prefixes "llmrl: error:", so only a subcommand names itself
+        raise UsageError(message if self.prog == "llmrl" else f"{self.prog}: {message}")
 
 
 def _quiet_libraries() -> None:

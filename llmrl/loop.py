@@ -12,6 +12,7 @@ generalization, locality, cost). Every iteration is one JSON line in
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from llmrl.cards import Card, get_card
 from llmrl.config import LoopConfig, build
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate, portability
+from llmrl.folders import exclusive, writable
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, reliability
@@ -115,12 +117,19 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
     card.make_env(variant).close()
     out = cfg.out or Path("runs") / f"{card.key}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot use {out} as the run's folder: {exc.strerror}") from None
+    with exclusive(out, "llmrl run"):
+        writable(out, "the run's folder")
+        # A rerun into the same folder starts afresh: the log, the items and the TensorBoard scalars of an
+        # earlier run there would otherwise mix with this one's.
+        for name in ("iterations.jsonl", "items.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        return _iterate(cfg, card, variant, injector, out, progress, on_row)
+
+
+def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injector | None, out: Path,
+             progress: bool, on_row: Callable[[dict], None] | None) -> LoopSummary:
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    (out / "iterations.jsonl").unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     (out / "runtime.json").write_text(json.dumps(lm.runtime, indent=2))

@@ -38,3 +38,13 @@ def reference_scores(lm, prompt, texts, normalization):
             row.append(total / {"sum": 1, "token": len(answer), "word": len(word.split())}[normalization])
         rows.append(row)
     return torch.tensor(rows)
+
+
+def one_error_line(capsys, *args: str) -> str:
+    """Run the command line; it must fail with exit code 2 and one ``llmrl: error:`` line, no traceback."""
+    from llmrl.cli import main
+
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmrl: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

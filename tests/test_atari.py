@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -353,3 +355,12 @@ def test_potentials_read_what_wins_points() -> None:
     assert min(values) < 0 and max(values) == 0  # a falling ball off the paddle, and a rising one
     # No ball in play is the floor: firing raises the potential at once, losing the ball cannot raise it.
     assert served == -1.0 and values[0] > served and min(values) >= served
+
+
+def test_the_emulator_banner_stays_off_stderr():
+    """ALE prints its banner once per process unless told otherwise; a user's stderr is for llmrl's errors."""
+    done = subprocess.run([sys.executable, "-m", "llmrl", "eval", "--env", "ALE/Pong-v5", "--policy", "random",
+                           "--episodes", "1", "--max-steps", "3"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "ALE/Pong-v5" in done.stdout
+    assert "A.L.E" not in done.stderr and "Stella" not in done.stderr, done.stderr

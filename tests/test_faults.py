@@ -10,6 +10,7 @@ import torch
 
 from llmrl.cli import main
 from llmrl.models import default_model_dir, tiny_model
+from tests.helpers import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,13 +22,6 @@ def model_folder(tmp_path, tiny):
     tiny.model.save_pretrained(folder)
     tiny.tokenizer.save_pretrained(folder)
     return folder
-
-
-def one_error_line(capsys, *args: str) -> str:
-    assert main(list(args)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("llmrl: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def eval_with(folder) -> list[str]:
