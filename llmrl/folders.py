@@ -37,6 +37,22 @@ def short_name(name: str, limit: int = MAX_NAME) -> str:
     return f"{prefix}~{digest}"
 
 
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` whole or not at all (temporary file, fsync, rename); a failed write leaves no trace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def writable(folder: Path, what: str) -> None:
     """Create ``folder`` and write and delete a file in it; one clear error if that cannot be done."""
     probe = folder / f".probe.{os.getpid()}"

@@ -27,7 +27,7 @@ from llmrl.cards import Card, get_card
 from llmrl.config import LoopConfig, build
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate, portability
-from llmrl.folders import exclusive, writable
+from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
 from llmrl.metrics import LocalityProbe, generalization, reliability
@@ -129,10 +129,10 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
 
 def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injector | None, out: Path,
              progress: bool, on_row: Callable[[dict], None] | None) -> LoopSummary:
-    (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
-    (out / "runtime.json").write_text(json.dumps(lm.runtime, indent=2))
+    atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
     policy = _base_policy(cfg, card, lm)
     probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
     kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
@@ -179,7 +179,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
                 bar.set_postfix(ret=f"{row['eval_mean_return']:.1f}", items=len(kb.items))
     finally:
         writer.close()
-        (out / "items.json").write_text(json.dumps(
+        atomic_write(out / "items.json", json.dumps(
             {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
             indent=2))
     last = rows[-1]

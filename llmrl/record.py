@@ -10,13 +10,13 @@ those records meant (``card_version`` 1, no ``runtime``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmrl.errors import UsageError
+from llmrl.folders import atomic_write
 
 
 class _Record(BaseModel):
@@ -100,19 +100,8 @@ def record_path(results: Path, run_id: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Atomically (temporary file, fsync, rename): a reader sees the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind, not even its temporary file
-        raise
-    return path
+    """Atomically: a reader sees the whole file or none of it."""
+    return atomic_write(path, json.dumps(data, indent=1))
 
 
 def write_record(results: Path, record: RunRecord) -> Path:

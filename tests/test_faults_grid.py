@@ -73,11 +73,25 @@ def test_a_read_only_results_folder_fails_before_any_run(tmp_path, read_only):
     try:
         done = subprocess.run([sys.executable, "-c", DROP_ROOT_OVERRIDES, "ablate", str(path)],
                               capture_output=True, text=True, timeout=120)
+        report = subprocess.run([sys.executable, "-c", DROP_ROOT_OVERRIDES, "report", str(tmp_path / "out")],
+                                capture_output=True, text=True, timeout=120)
     finally:
         folder.chmod(0o755)
     assert done.returncode == 2 and done.stderr.startswith("llmrl: error: cannot write"), done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "[1/1]" not in done.stdout  # refused before the run, not after it
+    if read_only == "out":  # the report goes beside the records
+        assert report.returncode == 2 and report.stderr.count("\n") == 1, report.stderr
+        assert report.stderr.startswith("llmrl: error: cannot write the report into")
+    else:
+        assert report.returncode == 0, report.stderr
+
+
+def test_an_out_that_is_a_file_runs_through_one_or_is_too_long(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "below", tmp_path / ("x" * 300)):
+        err = one_error_line(capsys, "ablate", str(grid_file(tmp_path, out=str(out))))
+        assert f"cannot use {out} as a folder to write to" in err
 
 
 def test_a_record_that_cannot_be_written_stops_the_grid_at_once(tmp_path, capsys):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmrl.errors import UsageError
+from llmrl.folders import atomic_write
 from llmrl.report.figures import plot_curves
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, duration, slug, to_html, to_markdown
 from llmrl.report.runs import experiment_references, load_runs
@@ -83,10 +85,13 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
                    Bullets([f"{run_id}: {error}" for run_id, error in failed])]
 
     md_path, html_path = results_dir / "report.md", results_dir / "report.html"
-    for fig in figures:
-        (results_dir / fig.name).write_bytes(fig.png)
-    md_path.write_text(to_markdown(blocks))
-    html_path.write_text(to_html(blocks, title))
+    try:
+        for fig in figures:
+            atomic_write(results_dir / fig.name, fig.png)
+        atomic_write(md_path, to_markdown(blocks))
+        atomic_write(html_path, to_html(blocks, title))
+    except OSError as exc:
+        raise UsageError(f"cannot write the report into {results_dir}: {exc.strerror}") from None
     return {
         "markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures],
         "winners": winners, "failed": [run_id for run_id, _ in failed],
