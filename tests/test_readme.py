@@ -82,3 +82,19 @@ def test_readme_links_the_docs():
         assert f"docs/{page}.md" in text, f"the README's map of docs/ misses {page}.md"
     for experiment in ("control", "atari"):
         assert f"reports/{experiment}/report.md" in text and f"reports/{experiment}/NOTES.md" in text
+
+
+@pytest.mark.parametrize("doc", LINKING, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_tests_exist(doc):
+    """A guarantee a page says is checked by ``test_file.py::test_name`` (or ``::test_name``, the same file as the
+    name before it) is checked by a test that exists."""
+    named = 0
+    current = None
+    for file, name in re.findall(r"`(?:tests/)?(test_\w+\.py)?::(test_\w+)`", doc.read_text()):
+        current = file or current
+        assert current, f"{doc.name}: ::{name} names no test file before it"
+        source = (ROOT / "tests" / current).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"{doc.name}: {current}::{name} does not exist"
+        named += 1
+    if doc.name == "experiments.md":
+        assert named >= 10, "the faults table no longer names its tests"
