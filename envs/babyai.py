@@ -77,6 +77,7 @@ class BabyAIGoTo(Card):
 
     requires = ("minigrid",)
     actions: ClassVar[dict[str, Any]] = {"turn left": 0, "turn right": 1, "go forward": 2}
+    opposites: ClassVar[dict[str, str]] = {"turn left": "turn right"}
     hint = "Turn until the target is straight ahead, then walk to it; step around anything in the way."
     default_action = "go forward"
     #: How situation phrases name the mission's target.

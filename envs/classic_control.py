@@ -41,6 +41,7 @@ class CartPole(Card):
         "The episode ends when the pole tips past 12 degrees or the cart leaves the track."
     )
     actions: ClassVar[dict[str, Any]] = {"left": 0, "right": 1}
+    opposites: ClassVar[dict[str, str]] = {"left": "right"}
     hint = "Push the cart toward the side the pole is falling to."
     situations = (
         "the pole is falling to the left",
@@ -105,6 +106,7 @@ class MountainCar(Card):
         "The engine is too weak to climb straight up; the episode ends at the flag or after 200 steps."
     )
     actions: ClassVar[dict[str, Any]] = {"push left": 0, "no push": 1, "push right": 2}
+    opposites: ClassVar[dict[str, str]] = {"push left": "push right"}
     hint = "Push in the direction the car is already moving to build up momentum by rocking back and forth."
     default_action = "no push"
     situations = (
@@ -165,6 +167,7 @@ class Acrobot(Card):
         "one, counterclockwise positive. The episode ends when the tip rises above 1 m over the pivot."
     )
     actions: ClassVar[dict[str, Any]] = {"clockwise": 0, "no torque": 1, "counterclockwise": 2}
+    opposites: ClassVar[dict[str, str]] = {"clockwise": "counterclockwise"}
     hint = "Apply torque in the direction the lower link is swinging, to pump energy into the arm."
     default_action = "no torque"
     situations = (
@@ -223,6 +226,7 @@ class LunarLander(Card):
         "The episode ends when the lander comes to rest, crashes or flies off screen."
     )
     actions: ClassVar[dict[str, Any]] = {"wait": 0, "left engine": 1, "main engine": 2, "right engine": 3}
+    opposites: ClassVar[dict[str, str]] = {"left engine": "right engine"}
     hint = (
         "Fire the main engine when falling fast; fire the left engine to tilt left and the right engine "
         "to tilt right, leaning against your drift so the thrust steers you back over the pad."

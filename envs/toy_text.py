@@ -43,6 +43,7 @@ class FrozenLake(Card):
         "The ice is slippery, so a step may slide you sideways; the episode ends at the goal or in a hole."
     )
     actions: ClassVar[dict[str, Any]] = {"left": 0, "down": 1, "right": 2, "up": 3}
+    opposites: ClassVar[dict[str, str]] = {"left": "right", "up": "down"}
     hint = "Head for the goal and go around holes; on slippery ice, keep away from cells next to a hole."
     situations = _lake_situations()
     demonstrations = (

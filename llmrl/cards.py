@@ -40,6 +40,24 @@ class Variant:
     description: str
     make_kwargs: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: Every action word of :attr:`Card.opposites` has its opposite's effect: a task that contradicts the
+    #: original (for continual streams), so portability leaves it out.
+    mirrored: bool = False
+
+
+#: The variant every card with :attr:`Card.opposites` gets.
+MIRRORED = Variant("controls mirrored: every action word has its opposite's effect", mirrored=True)
+
+
+class MirroredActions(gym.ActionWrapper):
+    """Plays each action word's opposite: the environment action values swapped pairwise."""
+
+    def __init__(self, env: gym.Env, swap: dict[Any, Any]):
+        super().__init__(env)
+        self.swap = swap
+
+    def action(self, action: Any) -> Any:
+        return self.swap.get(action, action)
 
 
 class Card:
@@ -72,10 +90,18 @@ class Card:
     #: Other observations :meth:`make_env` can give than the environment's own (e.g. "pixels" for Atari),
     #: for policies that read observations rather than texts.
     observations: ClassVar[tuple[str, ...]] = ()
+    #: Action words with opposite effects, each pair once (``{"left": "right"}``); a card that has them gets
+    #: the ``mirrored`` variant, where each of these words does what its opposite does.
+    opposites: ClassVar[dict[str, str]] = {}
     #: Bump it when a change to the card changes what a run on it measures (its texts, situations,
     #: actions or potential): ``llmrl ablate`` redoes runs recorded with another version instead of
     #: reusing them, as the run config alone cannot see a change in the card's code.
     version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.opposites and "mirrored" not in cls.variants:
+            cls.variants = {**cls.variants, "mirrored": MIRRORED}
 
     @property
     def key(self) -> str:
@@ -88,6 +114,13 @@ class Card:
     @property
     def default_action_word(self) -> str:
         return self.default_action or self.action_words[0]
+
+    def opposite(self, word: str) -> str:
+        """The word whose effect ``word`` has in the mirrored variant (itself when it has no opposite)."""
+        for a, b in self.opposites.items():
+            if word in (a, b):
+                return b if word == a else a
+        return word
 
     def describe(self, obs: Any, env: gym.Env) -> str:
         """The observation's numbers read aloud, short, with units."""
@@ -142,6 +175,8 @@ class Card:
         for attr, value in spec.attributes.items():
             setattr(env.unwrapped, attr, value)
         self.check(env)
+        if spec.mirrored:
+            env = MirroredActions(env, {self.actions[w]: self.actions[self.opposite(w)] for w in self.actions})
         return env
 
     def build(self, kwargs: dict[str, Any], observation: str | None) -> gym.Env:
@@ -159,6 +194,10 @@ class Card:
                 raise UsageError(f"card {self.key}: action {word!r} -> {value!r} is not in {env.action_space}")
         if self.default_action is not None and self.default_action not in self.actions:
             raise UsageError(f"card {self.key}: default action {self.default_action!r} is not an action word")
+        paired = [w for pair in self.opposites.items() for w in pair]
+        if set(paired) - set(self.actions) or len(set(paired)) != len(paired):
+            raise UsageError(f"card {self.key}: opposites {self.opposites} must pair distinct action words, "
+                             "each in one pair at most")
 
 
 _REGISTRY: dict[str, Card] = {}

@@ -96,8 +96,8 @@ def portability(policy: Policy, card: Card, trained_on: str | None, episodes: in
         return out
     reads = policy.reads_observations
     trained_space = _observation_space(card, trained_on, policy.observation) if reads else None
-    for name in card.variants:
-        if name == trained_on:
+    for name, spec in card.variants.items():
+        if name == trained_on or spec.mirrored:  # mirrored controls contradict the task: not a portability test
             continue
         if reads and (space := _observation_space(card, name, policy.observation)) != trained_space:
             out[name] = {"skipped": f"observation space {space} differs from the trained {trained_space}"}

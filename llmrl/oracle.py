@@ -92,6 +92,11 @@ def goto_table(card: Card) -> Table:
     return table
 
 
+def mirrored(table: Table, card: Card) -> Table:
+    """The table for the card's ``mirrored`` variant: each action word replaced by its opposite."""
+    return {situation: card.opposite(word) for situation, word in table.items()}
+
+
 TABLES: dict[str, Callable[[Card], Table]] = {
     "CartPole-v1": lambda card: CARTPOLE_TABLE,
     "MountainCar-v0": lambda card: MOUNTAINCAR_TABLE,

@@ -17,7 +17,7 @@ import pytest
 
 from llmrl.cards import Card, all_cards, get_card
 from llmrl.errors import UsageError
-from llmrl.oracle import TABLES
+from llmrl.oracle import TABLES, mirrored
 
 CLASSIC = ("CartPole-v1", "MountainCar-v0", "Acrobot-v1", "LunarLander-v3")
 
@@ -27,11 +27,13 @@ def card_of(key: str) -> Card:
 
 
 def run_table(
-    key: str, seeds: range, variant: str | None = None, check: Callable[[str], None] | None = None
+    key: str, seeds: range, variant: str | None = None, check: Callable[[str], None] | None = None,
+    mirror: bool = False,
 ) -> list[float]:
-    """Episode returns of the card's oracle table; every text goes through ``check``."""
+    """Episode returns of the card's oracle table (``mirror``: its mirrored table); every text goes through
+    ``check``."""
     card = card_of(key)
-    table = TABLES[key](card)
+    table = mirrored(TABLES[key](card), card) if mirror else TABLES[key](card)
     env = card.make_env(variant)
     returns = []
     for seed in seeds:
@@ -230,8 +232,26 @@ VARIANT_CHANGES: dict[tuple[str, str], Callable[[gym.Env], bool]] = {
 
 
 def test_every_variant_is_tested() -> None:
-    declared = {(k, v) for k in TABLES for v in card_of(k).variants}
+    """Physics and mode variants here; mirrored ones below."""
+    declared = {(k, v) for k in TABLES for v, spec in card_of(k).variants.items() if not spec.mirrored}
     assert declared == set(VARIANT_CHANGES)
+
+
+@pytest.mark.parametrize("key", sorted(k for k in TABLES if card_of(k).opposites))
+def test_mirrored_controls_swap_each_opposite_pair(key: str) -> None:
+    card = card_of(key)
+    assert card.variants["mirrored"].mirrored and get_card(f"{key}:mirrored") == (card, "mirrored")
+    seeds = range(2) if key.startswith("BabyAI") else range(3)
+    # the mirrored table on the mirrored controls sends the environment the very actions the table sends
+    # the original: the same episodes
+    assert run_table(key, seeds, variant="mirrored", mirror=True) == run_table(key, seeds)
+    for a, b in card.opposites.items():
+        assert card.opposite(a) == b and card.opposite(b) == a
+
+
+def test_mirrored_cartpole_defeats_the_original_knowledge() -> None:
+    assert np.mean(run_table("CartPole-v1", range(5), variant="mirrored")) < 50
+    assert np.mean(run_table("CartPole-v1", range(5))) >= 475
 
 
 @pytest.mark.parametrize(("key", "variant"), sorted(VARIANT_CHANGES))
