@@ -30,57 +30,11 @@ from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
+from llmrl.learner import Learner, make_injector
 from llmrl.metrics import LocalityProbe, generalization, reliability
 from llmrl.models import LoadedModel, load_model
-from llmrl.policy import LLMPolicy, Policy, PolicyStats
+from llmrl.policy import LLMPolicy
 from llmrl.record import EditMetrics
-from llmrl.rollout import rollout
-from llmrl.strategies import EDIT_STRATEGIES, injector_class
-
-def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
-    """The injector of edit strategy ``strategy``, built from the config's ``strategy_options``.
-
-    The adapter saves itself, and the weights injector the corpus of its statistics, under ``out``.
-    """
-    if strategy not in EDIT_STRATEGIES:
-        raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(EDIT_STRATEGIES)}")
-    if strategy in ("adapter", "weights") and out is not None:
-        options.setdefault("save_dir", out / strategy)
-    try:
-        return injector_class(strategy)(**options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad strategy_options for {strategy}: {exc}") from exc
-
-
-class Exploring(Policy):
-    """Samples from the policy's action distribution at a temperature, with epsilon-random actions.
-
-    With ``hold`` > 1, an environment slot keeps its sampled action for that
-    many decisions before sampling again (and its texts are not scored meanwhile).
-    """
-
-    def __init__(self, policy: LLMPolicy, temperature: float, epsilon: float, seed: int, hold: int = 1):
-        self.policy, self.temperature, self.epsilon, self.hold = policy, temperature, epsilon, hold
-        self.action_words = policy.action_words
-        self.stats = PolicyStats()
-        self._gen = torch.Generator().manual_seed(seed)
-        self._held: dict[int, tuple[int, int]] = {}  # slot -> (action, decisions left)
-
-    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
-        self.stats.decisions += len(texts)
-        slots = list(range(len(texts))) if slots is None else slots
-        fresh = [i for i, slot in enumerate(slots) if self._held.get(slot, (0, 0))[1] == 0]
-        actions = [self._held[slot][0] if i not in fresh else -1 for i, slot in enumerate(slots)]
-        if fresh:
-            probs = torch.softmax(self.policy.scores([texts[i] for i in fresh]) / self.temperature, dim=-1)
-            probs = (1 - self.epsilon) * probs + self.epsilon / probs.shape[1]
-            for i, a in zip(fresh, torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()):
-                actions[i] = a
-                self._held[slots[i]] = (a, self.hold)
-        for slot in slots:
-            action, left = self._held[slot]
-            self._held[slot] = (action, left - 1)
-        return actions
 
 
 @dataclass(frozen=True)
@@ -139,7 +93,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
     writer = SummaryWriter(str(out / "tensorboard"))
     locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     rows: list[dict] = []
-    edit: Edit | None = None
+    learner = Learner(policy, kb, injector, cfg)
     env_steps = 0
     try:
         with tqdm(total=cfg.iterations + 1, desc=f"{cfg.strategy} on {card.key}", unit="it",
@@ -149,23 +103,12 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
                 changes = {"insert": [], "modify": [], "retain": [], "erase": []}
                 touched = False
                 if it > 0:
-                    explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
-                                         hold=cfg.explore_hold)
-                    feedback = rollout(explorer, card, episodes=cfg.steps_per_iteration,
-                                       seed=cfg.seed * 100_000 + it * 1_000, n_envs=cfg.n_envs, variant=variant,
-                                       step_budget=cfg.steps_per_iteration)
-                    env_steps += sum(t.length for t in feedback)
-                    changes = kb.update(feedback, policy, it)
-                    touched = injector is not None and any(changes.values())
-                    if touched:
-                        if edit is not None:
-                            edit.undo()
-                            edit = None
-                        if kb.items:
-                            edit = injector.inject(policy, list(kb.items.values()))
+                    lesson = learner.learn(card, variant, it, cfg.steps_per_iteration)
+                    env_steps += lesson.env_steps
+                    changes, touched = lesson.changes, lesson.edited
                 if probe and touched:  # otherwise the model is the one last measured, and so is its locality
                     locality = probe.measure()
-                row = _evaluate(cfg, card, variant, policy, kb, edit, it, env_steps, changes, locality)
+                row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes, locality)
                 if it == cfg.iterations and cfg.portability:
                     row["portability"] = portability(policy, card, variant, cfg.eval_episodes,
                                                      seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,

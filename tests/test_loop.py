@@ -13,7 +13,7 @@ from llmrl.cards import Card, get_card
 from llmrl.ablate import expand, load_config
 from llmrl.cli import main
 from llmrl.config import LoopConfig, apply_overrides, load_yaml
-from llmrl.loop import make_injector
+from llmrl.learner import make_injector
 
 BASE = dict(env="CartPole-v1", strategy="context", model="tiny", device="cpu", iterations=2,
             steps_per_iteration=80, n_envs=4, eval_episodes=2, min_support=2, z=0.5)
@@ -96,7 +96,7 @@ def test_run_with_potential_n_step_returns_on_a_sparse_task(tmp_path, capsys):
 
 def test_exploring_holds_each_sampled_action(tiny):
     """explore_hold: a slot repeats its sampled action for `hold` decisions, and only fresh slots are scored."""
-    from llmrl.loop import Exploring
+    from llmrl.learner import Exploring
     from llmrl.policy import LLMPolicy
     from llmrl.prompts import card_prompt
 

@@ -59,5 +59,5 @@ def stream_metrics(r: Matrix) -> StreamMetrics:
     earlier = range(1, t)  # stages 1..T-1
     bwt = sum(final[j - 1] - r[j][j - 1] for j in earlier) / (t - 1)
     fwt = sum(r[j - 1][j - 1] - r[0][j - 1] for j in range(2, t + 1)) / (t - 1)  # row j-1, stage j
-    forgetting = sum(max(r[l][j - 1] for l in earlier) - final[j - 1] for j in earlier) / (t - 1)
+    forgetting = sum(max(r[i][j - 1] for i in earlier) - final[j - 1] for j in earlier) / (t - 1)
     return StreamMetrics(acc, bwt, fwt, forgetting, plasticity)

@@ -1,0 +1,113 @@
+"""Learning from one's own play: explore, fold the feedback into knowledge, inject it.
+
+A :class:`Learner` is one policy, one knowledge base and one injector. Each
+call of :meth:`Learner.learn` plays ``steps`` exploratory environment steps,
+updates the knowledge base, and when the items changed replaces the edit in
+force (undo it, inject every item now held). The editing loop
+(:mod:`llmrl.loop`) runs one learner on one task; a continual stream
+(:mod:`llmrl.continual`) carries one through a sequence of tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmrl.cards import Card
+from llmrl.config import LoopConfig
+from llmrl.errors import UsageError
+from llmrl.inject import Edit, Injector
+from llmrl.knowledge import KnowledgeBase, KnowledgeItem
+from llmrl.policy import LLMPolicy, Policy, PolicyStats
+from llmrl.rollout import Trajectory, rollout
+from llmrl.strategies import EDIT_STRATEGIES, injector_class
+
+
+def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
+    """The injector of edit strategy ``strategy``, built from the config's ``strategy_options``.
+
+    The adapter saves itself, and the weights injector the corpus of its statistics, under ``out``.
+    """
+    if strategy not in EDIT_STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(EDIT_STRATEGIES)}")
+    if strategy in ("adapter", "weights") and out is not None:
+        options.setdefault("save_dir", out / strategy)
+    try:
+        return injector_class(strategy)(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad strategy_options for {strategy}: {exc}") from exc
+
+
+class Exploring(Policy):
+    """Samples from the policy's action distribution at a temperature, with epsilon-random actions.
+
+    With ``hold`` > 1, an environment slot keeps its sampled action for that
+    many decisions before sampling again (and its texts are not scored meanwhile).
+    """
+
+    def __init__(self, policy: LLMPolicy, temperature: float, epsilon: float, seed: int, hold: int = 1):
+        self.policy, self.temperature, self.epsilon, self.hold = policy, temperature, epsilon, hold
+        self.action_words = policy.action_words
+        self.stats = PolicyStats()
+        self._gen = torch.Generator().manual_seed(seed)
+        self._held: dict[int, tuple[int, int]] = {}  # slot -> (action, decisions left)
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        self.stats.decisions += len(texts)
+        slots = list(range(len(texts))) if slots is None else slots
+        fresh = [i for i, slot in enumerate(slots) if self._held.get(slot, (0, 0))[1] == 0]
+        actions = [self._held[slot][0] if i not in fresh else -1 for i, slot in enumerate(slots)]
+        if fresh:
+            probs = torch.softmax(self.policy.scores([texts[i] for i in fresh]) / self.temperature, dim=-1)
+            probs = (1 - self.epsilon) * probs + self.epsilon / probs.shape[1]
+            for i, a in zip(fresh, torch.multinomial(probs, 1, generator=self._gen).squeeze(1).tolist()):
+                actions[i] = a
+                self._held[slots[i]] = (a, self.hold)
+        for slot in slots:
+            action, left = self._held[slot]
+            self._held[slot] = (action, left - 1)
+        return actions
+
+
+@dataclass
+class Lesson:
+    """What one call of :meth:`Learner.learn` did."""
+
+    feedback: list[Trajectory]
+    env_steps: int
+    #: Items inserted, modified, retained and erased.
+    changes: dict[str, list[KnowledgeItem]]
+    #: Whether the edit in force was replaced.
+    edited: bool
+
+
+class Learner:
+    """A policy, its knowledge base and its injector (None: collect knowledge, inject nothing).
+
+    Exploration uses ``cfg``'s temperature, epsilon, hold and ``n_envs``;
+    iteration ``it`` plays from seeds derived from ``cfg.seed`` and ``it``, so
+    no two iterations of a run share episodes.
+    """
+
+    def __init__(self, policy: LLMPolicy, kb: KnowledgeBase, injector: Injector | None, cfg: LoopConfig):
+        self.policy, self.kb, self.injector, self.cfg = policy, kb, injector, cfg
+        self.edit: Edit | None = None
+
+    def learn(self, card: Card, variant: str | None, it: int, steps: int) -> Lesson:
+        cfg = self.cfg
+        explorer = Exploring(self.policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
+                             hold=cfg.explore_hold)
+        feedback = rollout(explorer, card, episodes=steps, seed=cfg.seed * 100_000 + it * 1_000,
+                           n_envs=cfg.n_envs, variant=variant, step_budget=steps)
+        changes = self.kb.update(feedback, self.policy, it)
+        edited = self.injector is not None and any(changes.values())
+        if edited:
+            if self.edit is not None:
+                self.edit.undo()
+                self.edit = None
+            if self.kb.items:
+                self.edit = self.injector.inject(self.policy, list(self.kb.items.values()))
+        return Lesson(feedback, sum(t.length for t in feedback), changes, edited)
