@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key (YAML value; dots reach into mappings); repeatable")
     run.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
+    co = sub.add_parser("continual", help="carry one policy through a stream of tasks; forgetting and transfer")
+    co.add_argument("config", type=Path, help="YAML file of StreamConfig keys (see configs/experiments/continual-*)")
+    co.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (YAML value; dots reach into mappings); repeatable")
+    co.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+
     ab = sub.add_parser("ablate", help="run an experiment grid (envs x strategies x seeds x models), resumable")
     ab.add_argument("config", type=Path, help="YAML file of AblateConfig keys (see configs/experiments/)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -242,6 +248,31 @@ def cmd_run(args: argparse.Namespace) -> dict:
     return summary.to_json()
 
 
+def cmd_continual(args: argparse.Namespace) -> dict:
+    from llmrl.config import apply_overrides, build, load_yaml
+    from llmrl.continual.stream import StreamConfig, run_stream
+
+    values = apply_overrides(load_yaml(args.config), args.set)
+    cfg = build(StreamConfig, values, source=str(args.config), overrides=args.set)
+
+    def show(line: dict) -> None:
+        if not args.json:
+            where = "untouched model" if line["stage"] == 0 else f"after stage {line['stage']} ({line['env']})"
+            steps = line.get("steps_to_target")
+            reached = ("" if line.get("target") is None else "  target not reached" if steps is None
+                       else f"  target reached after {steps} steps")
+            print(f"{where:<40} returns {' '.join(f'{r:7.1f}' for r in line['row'])}  items {line['items']}"
+                  f"{reached}", flush=True)
+
+    summary = run_stream(cfg, progress=sys.stderr.isatty(), on_stage=show)
+    if not args.json:
+        m = summary.metrics
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"ACC {fmt(m.acc)}  BWT {fmt(m.bwt)}  FWT {fmt(m.fwt)}  forgetting {fmt(m.forgetting)}"
+              f"  ({'normalised' if summary.matrix is not None else 'raw returns'}); results in {summary.out}")
+    return summary.to_json()
+
+
 def cmd_ablate(args: argparse.Namespace) -> dict:
     from llmrl.ablate import ablate, expand, load_config, status
 
@@ -316,9 +347,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return result
 
 
-COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "ablate": cmd_ablate, "report": cmd_report,
-            "envs": cmd_envs,
-            "bench": cmd_bench}
+COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "continual": cmd_continual, "ablate": cmd_ablate,
+            "report": cmd_report, "envs": cmd_envs, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,6 +218,10 @@ class KnowledgeBase:
             changes[kind].append(item)
         return changes
 
+    def reset_feedback(self) -> None:
+        """Estimate from new feedback only from now on (the task changed); the items held stay."""
+        self.feedback = []
+
     def erase(self, situation: str) -> KnowledgeItem:
         """Remove an item by hand (e.g. the environment changed); the next injection drops its effect."""
         item = self.items.pop(situation)

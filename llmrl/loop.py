@@ -87,7 +87,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
-    policy = _base_policy(cfg, card, lm)
+    policy = base_policy(cfg, card, lm)
     probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
     kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
     writer = SummaryWriter(str(out / "tensorboard"))
@@ -135,7 +135,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
         portability=last.get("portability"), out=str(out))
 
 
-def _base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: float = 0.0) -> LLMPolicy:
+def base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: float = 0.0) -> LLMPolicy:
     """The untouched policy a run starts from, and that :func:`restore` edits again."""
     return LLMPolicy(lm, baseline_prompt(cfg.base_policy, card), seed=cfg.seed, temperature=temperature,
                      default_action=card.action_words.index(card.default_action_word))
@@ -180,7 +180,7 @@ def restore(folder: Path | str, cfg: LoopConfig, items: list[KnowledgeItem], dev
     """
     card, _ = get_card(cfg.env)
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
-    policy = _base_policy(cfg, card, lm, temperature)
+    policy = base_policy(cfg, card, lm, temperature)
     if items and cfg.strategy != "none":
         options = dict(cfg.strategy_options)
         corpus = Path(folder) / "weights" / "corpus.safetensors"

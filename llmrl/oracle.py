@@ -8,9 +8,11 @@ benchmarks and reports a reference that acts only on the situations.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from llmrl.cards import Card
+from llmrl.policy import Policy, PolicyStats
 
 Table = dict[str, str]
 
@@ -108,3 +110,24 @@ TABLES: dict[str, Callable[[Card], Table]] = {
     "BabyAI-GoToRedBall-v0": goto_table,
     "BabyAI-GoToLocal-v0": goto_table,
 }
+
+
+class TablePolicy(Policy):
+    """Plays a table: the situation phrase that ends each text (``... Situation: S.``) picks the action."""
+
+    _SITUATION = re.compile(r"Situation: (.+)\.$")
+
+    def __init__(self, card: Card, table: Table):
+        self.action_words, self.table, self.stats = card.action_words, table, PolicyStats()
+
+    def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
+        self.stats.decisions += len(texts)
+        return [self.action_words.index(self.table[self._SITUATION.search(t).group(1)]) for t in texts]
+
+
+def table_policy(card: Card, variant: str | None = None) -> TablePolicy | None:
+    """The card's reference table as a policy, mirrored on a mirrored variant; None for a card without one."""
+    if card.key not in TABLES:
+        return None
+    table = TABLES[card.key](card)
+    return TablePolicy(card, mirrored(table, card) if variant and card.variants[variant].mirrored else table)

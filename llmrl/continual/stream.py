@@ -1,0 +1,273 @@
+"""A continual stream: one learner carried through a sequence of tasks, scored on every task after each.
+
+A stream is a list of stages; each stage is a card (with an optional variant,
+e.g. ``CartPole-v1:mirrored``) and a feedback budget. One model, one
+knowledge base and one injector (a :class:`~llmrl.learner.Learner`) go
+through all of them, editing as each stage's feedback arrives. Before the
+first stage and after each one, the current policy is evaluated on every
+stage on fixed evaluation seeds: row ``i`` of the return matrix is the policy
+after stage ``i`` (row 0 the untouched model). Each stage is also scored by a
+random policy and by the card's reference table (:mod:`llmrl.oracle`), which
+normalise the matrix per stage to 0 (random) .. 1 (table); the metrics of
+:mod:`llmrl.continual.metrics` are computed on that matrix.
+
+Task boundaries are known to the learner, as in task-incremental continual
+learning: with ``reset_feedback`` (the default) a stage's action values are
+estimated from that stage's feedback only, so evidence from a task whose
+rules have since changed does not outvote the new task's. Held items stay
+until that evidence contradicts them, which is what erasing and modifying
+knowledge over time measures.
+
+Outputs in ``out``: ``config.json``, ``runtime.json``, ``stages.jsonl`` (one
+line per stage, row 0 included), ``items.json``, TensorBoard scalars and
+``matrix.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field, create_model, model_validator
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from llmrl.cards import Card, get_card
+from llmrl.config import LoopConfig, Strict, build
+from llmrl.continual.metrics import StreamMetrics, normalise, stream_metrics
+from llmrl.errors import UsageError
+from llmrl.evaluate import eval_seed, evaluate
+from llmrl.folders import atomic_write, exclusive, writable
+from llmrl.knowledge import Extraction, KnowledgeBase
+from llmrl.learner import Learner, make_injector
+from llmrl.metrics import LocalityProbe
+from llmrl.models import load_model
+from llmrl.oracle import table_policy
+from llmrl.policy import Policy, RandomPolicy
+from llmrl.strategies import EDIT_STRATEGIES
+
+#: LoopConfig keys the stream sets itself; its ``loop`` block holds the others (thresholds, exploration).
+STREAM_SETS = {"env", "iterations", "steps_per_iteration", "portability", "out", "strategy", "seed", "model",
+               "device", "dtype", "eval_episodes", "eval_max_steps", "n_envs", "base_policy", "strategy_options"}
+
+
+class Stage(Strict):
+    """One task of the stream and its feedback budget."""
+
+    env: str
+    iterations: int = Field(ge=1)
+    steps_per_iteration: int = Field(ge=1)
+
+
+#: The loop settings a stream shares across its stages: LoopConfig's fields that the stream does not set.
+LoopSettings = create_model("LoopSettings", __base__=Strict, **{
+    name: (field.annotation, field) for name, field in LoopConfig.model_fields.items() if name not in STREAM_SETS})
+
+
+class StreamConfig(Strict):
+    """Everything ``llmrl continual`` needs: one strategy and seed through one stream."""
+
+    stages: list[Stage] = Field(min_length=1)
+    strategy: Literal[EDIT_STRATEGIES + ("none",)]  # type: ignore[valid-type]
+    #: ``rebuild``: every change of the knowledge undoes the edit in force and injects every item held.
+    accumulate: Literal["rebuild"] = "rebuild"
+    base_policy: Literal["zero-shot", "expert-hint", "few-shot"] = "zero-shot"
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = Field(0, ge=0)
+    n_envs: int = Field(8, ge=1)
+    eval_episodes: int = Field(20, ge=1)
+    eval_max_steps: int | None = Field(None, ge=1)
+    #: Loop settings shared by every stage (gamma, z, min_support, explore_temperature, locality, ...).
+    loop: LoopSettings = Field(default_factory=LoopSettings)  # type: ignore[valid-type]
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    #: Estimate each stage's action values from its own feedback only (the learner knows a stage began).
+    reset_feedback: bool = True
+    #: Per stage environment, the raw return that counts as mastered: the report gives the environment
+    #: steps each stage took to reach it.
+    target: dict[str, float] = Field(default_factory=dict)
+    out: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_sets(cls, values: Any) -> Any:
+        loop = values.get("loop") if isinstance(values, dict) else None
+        bad = set(loop) & STREAM_SETS if isinstance(loop, dict) else set()
+        if bad:
+            raise ValueError(f"the loop block may not set {', '.join(sorted(bad))}: the stream sets them")
+        return values
+
+    @model_validator(mode="after")
+    def _targets(self) -> StreamConfig:
+        unknown = set(self.target) - {s.env for s in self.stages}
+        if unknown:
+            raise ValueError(f"target names environments that are no stage: {', '.join(sorted(unknown))}")
+        return self
+
+    def stage_config(self, stage: Stage) -> LoopConfig:
+        """The stage as a LoopConfig: its budget plus the stream's settings."""
+        return build(LoopConfig, {**self.loop.model_dump(), "env": stage.env, "iterations": stage.iterations,
+                                  "steps_per_iteration": stage.steps_per_iteration, "strategy": self.strategy,
+                                  "seed": self.seed, "model": self.model, "device": self.device,
+                                  "dtype": self.dtype, "n_envs": self.n_envs, "eval_episodes": self.eval_episodes,
+                                  "eval_max_steps": self.eval_max_steps, "base_policy": self.base_policy,
+                                  "strategy_options": self.strategy_options, "portability": False},
+                     source=f"stream stage {stage.env}")
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What a stream ends with; :meth:`to_json` is what ``llmrl continual --json`` prints."""
+
+    strategy: str
+    accumulate: str
+    seed: int
+    stages: list[str]
+    #: Normalised per stage (0 random, 1 the reference table); None where a stage has no table.
+    matrix: list[list[float]] | None
+    raw_matrix: list[list[float]]
+    random_returns: list[float]
+    reference_returns: list[float | None]
+    metrics: StreamMetrics
+    #: Per stage, the environment steps from its start until its return first reached its target.
+    steps_to_target: list[int | None]
+    env_steps: int
+    items_inserted: int
+    items_modified: int
+    items_erased: int
+    out: str
+
+    @property
+    def stage_returns(self) -> list[float]:
+        """R[i][i]: each stage's raw return when it ended."""
+        return [self.raw_matrix[i + 1][i] for i in range(len(self.stages))]
+
+    def to_json(self) -> dict[str, Any]:
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}
+        return {**flat, **self.metrics.to_json(), "stage_returns": self.stage_returns}
+
+
+def run_stream(cfg: StreamConfig, progress: bool = True,
+               on_stage: Callable[[dict], None] | None = None) -> StreamSummary:
+    """Run the stream; writes its outputs to ``cfg.out`` and returns the summary."""
+    stage_cfgs = [cfg.stage_config(s) for s in cfg.stages]
+    tasks = [get_card(s.env) for s in cfg.stages]
+    cards = {card.key for card, _ in tasks}
+    if len(cards) > 1:
+        raise UsageError(f"the stages use the cards {', '.join(sorted(cards))}: a stream's stages are one card "
+                         "and its variants (streams across cards need one prompt per card in every injector)")
+    for card, variant in tasks:
+        card.make_env(variant).close()
+    out = cfg.out or Path("runs") / f"stream-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
+    with exclusive(out, "llmrl continual"):
+        writable(out, "the stream's folder")
+        for name in ("stages.jsonl", "items.json", "matrix.png"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        return _stream(cfg, stage_cfgs, tasks, injector, out, progress, on_stage)
+
+
+def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[Card, str | None]], injector: Any,
+            out: Path, progress: bool, on_stage: Callable[[dict], None] | None) -> StreamSummary:
+    from llmrl.continual.figure import plot_matrix
+    from llmrl.loop import base_policy
+
+    atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
+    torch.manual_seed(cfg.seed)
+    first = stage_cfgs[0]
+    lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
+    card = tasks[0][0]
+    policy = base_policy(first, card, lm)
+    probe = LocalityProbe.for_card(lm, card, first.locality_prompts) if first.locality else None
+    kb = KnowledgeBase(Extraction(**{f.name: getattr(first, f.name) for f in fields(Extraction)}))
+    learner = Learner(policy, kb, injector, first)
+    envs = [s.env for s in cfg.stages]
+
+    def score(p: Policy, env: str) -> float:
+        card_, variant = get_card(env)
+        result, _ = evaluate(p, card_, "stream", None, cfg.eval_episodes, seed=eval_seed(cfg.seed),
+                             n_envs=cfg.n_envs, max_steps=cfg.eval_max_steps, variant=variant, progress=False)
+        return result.mean_return
+
+    def row() -> list[float]:
+        seen: dict[str, float] = {}  # a task that recurs in the stream is scored once per row
+        for env in envs:
+            if env not in seen:
+                seen[env] = score(policy, env)
+        return [seen[env] for env in envs]
+
+    random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e) for e in envs]
+    tables = [table_policy(c, v) for c, v in tasks]
+    reference = [score(t, e) if t is not None else None for t, e in zip(tables, envs)]
+    raw = [row()]
+    writer = SummaryWriter(str(out / "tensorboard"))
+    counts = {"insert": 0, "modify": 0, "erase": 0}
+    steps_to_target: list[int | None] = []
+    env_steps, it = 0, 0
+    bar = tqdm(total=sum(s.iterations for s in cfg.stages), desc=f"{cfg.strategy} stream", unit="it",
+               disable=not progress)
+    try:
+        _log(out, writer, {"stage": 0, "env": None, "row": raw[0], "env_steps": 0, "items": 0}, on_stage)
+        for k, (stage, (card_k, variant)) in enumerate(zip(cfg.stages, tasks), 1):
+            if cfg.reset_feedback:
+                kb.reset_feedback()
+            target = cfg.target.get(stage.env)
+            curve = [(0, raw[-1][k - 1])]
+            changes = {"insert": 0, "modify": 0, "retain": 0, "erase": 0}
+            stage_steps = 0
+            for _ in range(stage.iterations):
+                bar.update(1)
+                it += 1
+                lesson = learner.learn(card_k, variant, it, stage.steps_per_iteration)
+                stage_steps += lesson.env_steps
+                for kind, items in lesson.changes.items():
+                    changes[kind] += len(items)
+                curve.append((stage_steps, score(policy, stage.env)))
+                writer.add_scalar("stage_return", curve[-1][1], env_steps + stage_steps)
+                writer.add_scalar("items", len(kb.items), env_steps + stage_steps)
+            env_steps += stage_steps
+            for kind in counts:
+                counts[kind] += changes[kind]
+            reached = next((s for s, r in curve if target is not None and r >= target), None)
+            steps_to_target.append(reached)
+            raw.append(row())
+            line = {"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps, "stage_steps": stage_steps,
+                    "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], "target": target,
+                    "steps_to_target": reached, "items": len(kb.items), **{f"items_{k_}": v for k_, v in
+                                                                            changes.items()}}
+            if probe:
+                line.update(probe.measure())
+            _log(out, writer, line, on_stage)
+    finally:
+        bar.close()
+        writer.close()
+        atomic_write(out / "items.json", json.dumps(
+            {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
+            indent=2))
+    normalised = (normalise(raw, random_returns, reference)  # type: ignore[arg-type]
+                  if all(r is not None for r in reference) else None)
+    summary = StreamSummary(
+        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, stages=envs, matrix=normalised,
+        raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
+        metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
+        items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"], out=str(out))
+    atomic_write(out / "matrix.png", plot_matrix(summary))
+    return summary
+
+
+def _log(out: Path, writer: SummaryWriter, line: dict, on_stage: Callable[[dict], None] | None) -> None:
+    with open(out / "stages.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    for j, value in enumerate(line["row"]):
+        writer.add_scalar(f"matrix/stage{j + 1}", value, line["stage"])
+    writer.flush()
+    if on_stage:
+        on_stage(line)
