@@ -90,11 +90,30 @@ class Learner:
     Exploration uses ``cfg``'s temperature, epsilon, hold and ``n_envs``;
     iteration ``it`` plays from seeds derived from ``cfg.seed`` and ``it``, so
     no two iterations of a run share episodes.
+
+    ``accumulate`` says how a change of the knowledge reaches the policy:
+
+    - ``rebuild``: undo the edit in force, inject every item held (one edit).
+    - ``sequential``: the lifelong-editing setting (GRACE, WISE, AlphaEdit): edit on top of the earlier
+      edits, with only the new items. An item whose situation got another action is overwritten by the
+      new item's edit; an item erased with nothing in its place is taken out by undoing the edits back to
+      the oldest one that wrote it and injecting again the items of those edits still held (the cost of an
+      erase, reported as ``replayed`` items).
     """
 
-    def __init__(self, policy: LLMPolicy, kb: KnowledgeBase, injector: Injector | None, cfg: LoopConfig):
-        self.policy, self.kb, self.injector, self.cfg = policy, kb, injector, cfg
-        self.edit: Edit | None = None
+    def __init__(self, policy: LLMPolicy, kb: KnowledgeBase, injector: Injector | None, cfg: LoopConfig,
+                 accumulate: str = "rebuild"):
+        if accumulate not in ACCUMULATE:
+            raise UsageError(f"unknown accumulate mode {accumulate!r}; choose {', '.join(ACCUMULATE)}")
+        self.policy, self.kb, self.injector, self.cfg, self.accumulate = policy, kb, injector, cfg, accumulate
+        #: The edits in force, oldest first (rebuild keeps at most one).
+        self.edits: list[Edit] = []
+        self.replayed = 0
+
+    @property
+    def edit(self) -> Edit | None:
+        """The latest edit in force."""
+        return self.edits[-1] if self.edits else None
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> Lesson:
         cfg = self.cfg
@@ -105,9 +124,34 @@ class Learner:
         changes = self.kb.update(feedback, self.policy, it)
         edited = self.injector is not None and any(changes.values())
         if edited:
-            if self.edit is not None:
-                self.edit.undo()
-                self.edit = None
-            if self.kb.items:
-                self.edit = self.injector.inject(self.policy, list(self.kb.items.values()))
+            self.apply(changes)
         return Lesson(feedback, sum(t.length for t in feedback), changes, edited)
+
+    def apply(self, changes: dict[str, list[KnowledgeItem]]) -> None:
+        """Bring the edits in line with the knowledge base after ``changes``."""
+        assert self.injector is not None
+        if self.accumulate == "rebuild":
+            self.undo_to(0)
+            if self.kb.items:
+                self.edits.append(self.injector.inject(self.policy, list(self.kb.items.values())))
+            return
+        new = {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]}
+        orphans = {i.situation for i in changes["erase"]} - set(self.kb.items)
+        if orphans:
+            oldest = min(n for n, e in enumerate(self.edits) if orphans & {i.situation for i in e.items})
+            held = {i.situation: i for e in self.edits[oldest:] for i in e.items
+                    if self.kb.items.get(i.situation) is i}
+            self.undo_to(oldest)
+            self.replayed += len(held)
+            new = {**held, **new}
+        if new:
+            self.edits.append(self.injector.inject(self.policy, list(new.values())))
+
+    def undo_to(self, n: int) -> None:
+        """Undo the edits after the first ``n``, newest first: the policy is as it was after edit ``n``."""
+        while len(self.edits) > n:
+            self.edits.pop().undo()
+
+
+#: How a change of the knowledge reaches the policy (see :class:`Learner`).
+ACCUMULATE = ("rebuild", "sequential")

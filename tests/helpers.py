@@ -48,3 +48,24 @@ def one_error_line(capsys, *args: str) -> str:
     err = capsys.readouterr().err
     assert err.startswith("llmrl: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def fresh_tiny(seed: int, name: str):
+    """A tiny model of its own (edits to it touch no other test) with the default model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from llmrl.models import LoadedModel, default_model_dir, tiny_model
+
+    return LoadedModel(tiny_model(seed=seed), AutoTokenizer.from_pretrained(default_model_dir()), name,
+                       torch.device("cpu"), torch.float32)
+
+
+def first_texts_by_situation(env_id: str, seeds: int) -> dict[str, list[str]]:
+    """The first observation text of seeds ``0..seeds-1``, grouped by situation."""
+    card, texts = start_texts(env_id, seeds)
+    env = card.make_env()
+    out: dict[str, list[str]] = {}
+    for seed, text in enumerate(texts):
+        obs, _ = env.reset(seed=seed)
+        out.setdefault(card.text(obs, env)[1], []).append(text)
+    return out

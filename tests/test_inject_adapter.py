@@ -187,13 +187,19 @@ def test_adapter_is_saved_as_safetensors_and_reloads(tokenizer, tmp_path):
     edit.undo()
 
 
-def test_second_inject_is_refused_until_undo(tokenizer):
+def test_a_second_inject_trains_the_same_adapter_further_another_injector_is_refused(tokenizer):
+    """Sequential editing: the injector's own live adapter is trained further, and that edit's undo puts its
+    weights back; an adapter another injector made must be undone first."""
     policy = make_policy(tokenizer)
     injector = AdapterInjector(**QUICK)
     edit = injector.inject(policy, ITEMS)
     state = digest(policy.lm.model)
     with pytest.raises(RuntimeError, match="undo the previous edit"):
-        injector.inject(policy, ITEMS)
+        AdapterInjector(**QUICK).inject(policy, ITEMS)
+    assert digest(policy.lm.model) == state
+    more = injector.inject(policy, ITEMS[:1])
+    assert more.info["continued"] and digest(policy.lm.model) != state
+    more.undo()
     assert digest(policy.lm.model) == state
     edit.undo()
     injector.inject(policy, ITEMS[:1]).undo()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from transformers import AutoTokenizer
 
 from llmrl.baselines import make_baseline
 from llmrl.cards import get_card
@@ -14,7 +13,7 @@ from llmrl.inject.adapter import AdapterInjector
 from llmrl.inject.context import ContextInjector
 from llmrl.inject.weights import WeightsInjector
 from llmrl.knowledge import KnowledgeItem
-from llmrl.models import LoadedModel, default_model_dir, tiny_model
+from tests.helpers import first_texts_by_situation, fresh_tiny
 
 
 def fingerprint(model: torch.nn.Module) -> tuple[str, tuple]:
@@ -26,16 +25,10 @@ def fingerprint(model: torch.nn.Module) -> tuple[str, tuple]:
 
 
 def test_inject_evaluate_undo_each_strategy_restores_the_model(monkeypatch, tmp_path):
-    lm = LoadedModel(tiny_model(seed=11), AutoTokenizer.from_pretrained(default_model_dir()), "tiny-seq",
-                     torch.device("cpu"), torch.float32)
+    lm = fresh_tiny(11, "tiny-seq")
     monkeypatch.setenv("LLMRL_CACHE", str(tmp_path))  # fresh key statistics for this tiny model
     card, _ = get_card("CartPole-v1")
-    env = card.make_env()
-    texts: dict[str, list[str]] = {}
-    for seed in range(30):
-        obs, _ = env.reset(seed=seed)
-        text, situation = card.text(obs, env)
-        texts.setdefault(situation, []).append(text)
+    texts = first_texts_by_situation("CartPole-v1", 30)
     items = [KnowledgeItem(s, a, 1.0, 20, examples=texts[s][:4])
              for s, a in [("the pole is falling to the left", "right"), ("the pole is falling to the right", "left")]]
     policy = make_baseline("zero-shot", card, lm)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmrl.cards import Card, get_card
 from llmrl.ablate import expand, load_config
+from llmrl.cards import Card, get_card
 from llmrl.cli import main
 from llmrl.config import LoopConfig, apply_overrides, load_yaml
+from llmrl.continual.stream import StreamConfig
 from llmrl.learner import make_injector
 
 BASE = dict(env="CartPole-v1", strategy="context", model="tiny", device="cpu", iterations=2,
@@ -74,6 +75,10 @@ def test_shipped_experiment_configs_are_valid(path):
     values = load_yaml(path)
     if "envs" in values:  # an experiment grid for `llmrl ablate`: every run's settings must resolve
         assert len(expand(load_config(path))) >= len(values["envs"])
+        return
+    if "stages" in values:  # a continual stream: every stage's settings must resolve
+        stream = StreamConfig(**values)
+        assert all(stream.stage_config(stage) for stage in stream.stages)
         return
     cfg = LoopConfig(**values)
     assert get_card(cfg.env)

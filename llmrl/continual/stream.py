@@ -44,7 +44,7 @@ from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.knowledge import Extraction, KnowledgeBase
-from llmrl.learner import Learner, make_injector
+from llmrl.learner import ACCUMULATE, Learner, make_injector
 from llmrl.metrics import LocalityProbe
 from llmrl.models import load_model
 from llmrl.oracle import table_policy
@@ -74,8 +74,9 @@ class StreamConfig(Strict):
 
     stages: list[Stage] = Field(min_length=1)
     strategy: Literal[EDIT_STRATEGIES + ("none",)]  # type: ignore[valid-type]
-    #: ``rebuild``: every change of the knowledge undoes the edit in force and injects every item held.
-    accumulate: Literal["rebuild"] = "rebuild"
+    #: ``rebuild``: every change of the knowledge undoes the edit in force and injects every item held;
+    #: ``sequential``: each change is edited on top of the earlier edits (see :class:`~llmrl.learner.Learner`).
+    accumulate: Literal[ACCUMULATE] = "rebuild"  # type: ignore[valid-type]
     base_policy: Literal["zero-shot", "expert-hint", "few-shot"] = "zero-shot"
     model: str | None = None
     device: str = "auto"
@@ -141,6 +142,8 @@ class StreamSummary:
     items_inserted: int
     items_modified: int
     items_erased: int
+    #: Sequential accumulation: items injected again to take out an erased item's edit.
+    items_replayed: int
     out: str
 
     @property
@@ -188,7 +191,7 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     policy = base_policy(first, card, lm)
     probe = LocalityProbe.for_card(lm, card, first.locality_prompts) if first.locality else None
     kb = KnowledgeBase(Extraction(**{f.name: getattr(first, f.name) for f in fields(Extraction)}))
-    learner = Learner(policy, kb, injector, first)
+    learner = Learner(policy, kb, injector, first, cfg.accumulate)
     envs = [s.env for s in cfg.stages]
 
     def score(p: Policy, env: str) -> float:
@@ -258,7 +261,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, stages=envs, matrix=normalised,
         raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
-        items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"], out=str(out))
+        items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"],
+        items_replayed=learner.replayed, out=str(out))
     atomic_write(out / "matrix.png", plot_matrix(summary))
     return summary
 

@@ -220,6 +220,7 @@ class AdapterHandle:
         self._requires_grad, self._training = requires_grad, training
         self._backup: dict[LoraLayer, torch.Tensor] = {}
         self.enabled = True
+        self.attached = True
 
     @property
     def merged(self) -> bool:
@@ -258,6 +259,7 @@ class AdapterHandle:
         """Take the adapter out: the original modules, weights, grad flags and train/eval mode return."""
         self._unmerge()
         self.peft_model.unload()
+        self.attached = False
         model = self.policy.lm.model
         for name, param in model.named_parameters():
             param.requires_grad_(self._requires_grad[name])
@@ -303,6 +305,7 @@ class AdapterInjector:
         self.locality_prompts = list(locality_prompts or shipped_locality_prompts("train"))
         self.seed = seed
         self.save_dir = Path(save_dir) if save_dir is not None else None
+        self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
 
     def _config(self, model: torch.nn.Module) -> LoraConfig:
         targets = self.target_modules or default_target_modules(model)
@@ -311,10 +314,15 @@ class AdapterInjector:
                           layers_to_transform=self.layers, fan_in_fan_out=conv1d, bias="none")
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
-        """Attach a new adapter to ``policy.lm.model``, train it on ``items`` and return the edit."""
+        """Attach a new adapter to ``policy.lm.model``, train it on ``items`` and return the edit.
+
+        On a model that still carries the adapter of this injector's last edit, the edit trains that
+        adapter further instead (sequential editing); undoing it restores the adapter's weights.
+        """
         t0 = time.perf_counter()
         model = policy.lm.model
-        if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        live = self._live if self._live is not None and self._live.attached and self._live.policy is policy else None
+        if live is None and any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
         if policy.prompt.reasoning:
             raise ValueError("the adapter trains the answer that follows the prompt; a chain-of-thought "
@@ -325,6 +333,8 @@ class AdapterInjector:
         enc = encode(policy, items)
         engine = Engine(model, _pad(policy))
         reference = self._reference(engine, enc) if self.answer_weight > 0 else []
+        if live is not None:
+            return self._continue(policy, live, engine, enc, reference, items, t0)
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         training = model.training
         with torch.random.fork_rng(devices=[]):
@@ -342,12 +352,45 @@ class AdapterInjector:
                 raise
         model.train(training)
         policy.invalidate()
+        self._live = handle
         info = {"rank": self.rank, "objective": self.objective, **final,
                 "target_modules": sorted(peft_model.peft_config["default"].target_modules), "adapter": handle}
         if self.save_dir is not None:
             info["path"] = str(self.save_dir / "adapter_model.safetensors")
         params = sum(p.numel() for p in lora_parameters(model))
         return Edit("adapter", list(items), time.perf_counter() - t0, params, handle.remove, info=info)
+
+    def _continue(self, policy: LLMPolicy, live: AdapterHandle, engine: Engine, enc: Encoded,
+                  reference: list[torch.Tensor], items: list[KnowledgeItem], t0: float) -> Edit:
+        """Train the live adapter further on ``items``; the edit's undo puts its weights back exactly."""
+        if live.merged or not live.enabled:
+            raise RuntimeError("the adapter to train further is merged or switched off; unmerge or enable it first")
+        model = policy.lm.model
+        params = lora_parameters(model)
+        before = [p.detach().clone() for p in params]
+        training = model.training
+
+        def restore() -> None:
+            with torch.no_grad():
+                for p, b in zip(params, before):
+                    p.copy_(b)
+            policy.invalidate()
+
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                final = self._train(policy, engine, live.peft_model, enc, reference)
+            if self.save_dir is not None:
+                live.peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
+        except BaseException:
+            restore()
+            raise
+        finally:
+            model.train(training)
+        policy.invalidate()
+        info = {"rank": self.rank, "objective": self.objective, **final, "continued": True, "adapter": live}
+        return Edit("adapter", list(items), time.perf_counter() - t0, sum(p.numel() for p in params), restore,
+                    info=info)
 
     @staticmethod
     @torch.no_grad()

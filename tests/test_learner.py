@@ -1,0 +1,102 @@
+"""Sequential and rebuilt accumulation of edits (llmrl/learner.py) on a fresh tiny model per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmrl.baselines import make_baseline
+from llmrl.cards import get_card
+from llmrl.config import LoopConfig
+from llmrl.errors import UsageError
+from llmrl.inject.adapter import AdapterInjector
+from llmrl.inject.context import ContextInjector
+from llmrl.inject.weights import WeightsInjector
+from llmrl.knowledge import KnowledgeBase, KnowledgeItem
+from llmrl.learner import Learner
+from tests.helpers import first_texts_by_situation, fresh_tiny
+from tests.test_inject_sequence import fingerprint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LEFT, RIGHT = "the pole is falling to the left", "the pole is falling to the right"
+INJECTORS = {"context": lambda: ContextInjector(demos=1), "adapter": lambda: AdapterInjector(steps=3, batch_size=4),
+             "weights": lambda: WeightsInjector(steps=3, stats_tokens=256, stats_prompts=8)}
+
+
+@pytest.fixture
+def setup(monkeypatch, tmp_path):
+    lm = fresh_tiny(5, "tiny-learner")
+    monkeypatch.setenv("LLMRL_CACHE", str(tmp_path))  # fresh key statistics for this tiny model
+    card, _ = get_card("CartPole-v1")
+    return lm, make_baseline("zero-shot", card, lm), first_texts_by_situation("CartPole-v1", 30)
+
+
+def item(texts, situation: str, action: str) -> KnowledgeItem:
+    return KnowledgeItem(situation, action, 1.0, 20, examples=texts[situation][:4])
+
+
+def changes(**kinds: list[KnowledgeItem]) -> dict[str, list[KnowledgeItem]]:
+    return {kind: kinds.get(kind, []) for kind in ("insert", "modify", "retain", "erase")}
+
+
+def learner(policy, strategy: str, accumulate: str) -> tuple[Learner, KnowledgeBase]:
+    kb = KnowledgeBase()
+    return Learner(policy, kb, INJECTORS[strategy](), LoopConfig(env="CartPole-v1", strategy=strategy),
+                   accumulate), kb
+
+
+@pytest.mark.parametrize("strategy", sorted(INJECTORS))
+def test_sequential_edits_stack_and_an_erased_item_is_taken_out(setup, strategy):
+    lm, policy, texts = setup
+    start, probe = fingerprint(lm.model), [t for s in (LEFT, RIGHT) for t in texts[s][:4]]
+    untouched = policy.scores(probe).clone()
+    ln, kb = learner(policy, strategy, "sequential")
+    a, b = item(texts, LEFT, "right"), item(texts, RIGHT, "left")
+    kb.items[LEFT] = a
+    ln.apply(changes(insert=[a]))
+    kb.items[RIGHT] = b
+    ln.apply(changes(insert=[b]))
+    assert [e.items for e in ln.edits] == [[a], [b]]  # the second edit carries only the new item
+    assert not torch.equal(policy.scores(probe), untouched)
+
+    # a modified item is edited on top of the one it replaces
+    c = item(texts, RIGHT, "right")
+    kb.items[RIGHT] = c
+    ln.apply(changes(erase=[b], modify=[c]))
+    assert [e.items for e in ln.edits] == [[a], [b], [c]] and ln.replayed == 0
+
+    # an item erased with nothing in its place: the edits back to the one that wrote it are undone, and
+    # the items of those edits still held are injected again
+    del kb.items[LEFT]
+    ln.apply(changes(erase=[a]))
+    assert [e.items for e in ln.edits] == [[c]] and ln.replayed == 1
+    only_c = policy.scores(probe).clone()
+    ln.undo_to(0)
+    assert fingerprint(lm.model) == start
+    torch.testing.assert_close(policy.scores(probe), untouched, atol=0, rtol=0)
+    # what is left is exactly c injected alone into the untouched model
+    fresh = INJECTORS[strategy]().inject(policy, [c])
+    torch.testing.assert_close(policy.scores(probe), only_c, atol=0, rtol=0)
+    fresh.undo()
+    assert fingerprint(lm.model) == start
+
+
+def test_rebuild_keeps_one_edit_of_every_item_held(setup):
+    lm, policy, texts = setup
+    start = fingerprint(lm.model)
+    ln, kb = learner(policy, "weights", "rebuild")
+    a, b = item(texts, LEFT, "right"), item(texts, RIGHT, "left")
+    kb.items[LEFT] = a
+    ln.apply(changes(insert=[a]))
+    kb.items[RIGHT] = b
+    ln.apply(changes(insert=[b]))
+    assert len(ln.edits) == 1 and ln.edit.items == [a, b]
+    del kb.items[LEFT], kb.items[RIGHT]
+    ln.apply(changes(erase=[a, b]))
+    assert ln.edits == [] and fingerprint(lm.model) == start
+
+
+def test_an_unknown_accumulate_mode_is_refused(setup):
+    with pytest.raises(UsageError, match="unknown accumulate mode 'stacked'"):
+        learner(setup[1], "context", "stacked")
