@@ -42,7 +42,7 @@ from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
 from llmrl.errors import UsageError
 from llmrl.folders import exclusive, short_name, writable
 from llmrl.record import RunRecord, record_path, write_json, write_record
-from llmrl.strategies import BY_NAME, NAMES
+from llmrl.strategies import ACCUMULATE, BY_NAME, NAMES
 
 if TYPE_CHECKING:
     from llmrl.cards import Card
@@ -78,7 +78,13 @@ class ReferenceScores(Strict):
 class AblateConfig(Strict):
     """One experiment: the grid and the settings every run shares."""
 
-    envs: list[str] = Field(min_length=1)
+    #: The environments of a grid of separate runs; or, instead, ``stream``.
+    envs: list[str] = Field(default_factory=list)
+    #: A continual stream (StreamConfig's keys but strategy, accumulate, seed, model and the evaluation
+    #: settings, which the grid sets): its runs are strategies x accumulate x models x seeds.
+    stream: dict[str, Any] | None = None
+    #: With ``stream``: how each strategy accumulates its edits (see llmrl.learner.Learner).
+    accumulate: list[Literal[ACCUMULATE]] = Field(default_factory=lambda: ["rebuild"])  # type: ignore[valid-type]
     strategies: list[Literal[NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
     #: Seeds: a count (0..n-1) or an explicit list.
     seeds: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = 5
@@ -112,6 +118,12 @@ class AblateConfig(Strict):
     ray_runtime_env: dict[str, Any] = Field(default_factory=dict)
     out: Path = Path("results/experiment")
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> AblateConfig:
+        if bool(self.envs) == (self.stream is not None):
+            raise ValueError("give either envs (a grid of runs) or stream (a continual stream), not both or neither")
+        return self
+
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
@@ -128,10 +140,18 @@ class RunSpec:
     config: dict[str, Any]
     #: The card's ``version`` when the grid was expanded; a record of another version is redone.
     card_version: int = 1
+    #: A continual stream rather than a run on one environment.
+    stream: bool = False
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
-    values = apply_overrides(load_yaml(path), overrides or [])
+    """The experiment in ``path``; a ``stream`` given as a file name (relative to ``path``'s folder) is that
+    stream config, less the keys the grid sets per run."""
+    values = load_yaml(path)
+    if isinstance(values.get("stream"), str):
+        stream = load_yaml(Path(path).parent / values["stream"])
+        values["stream"] = {k: v for k, v in stream.items() if k not in STREAM_PER_RUN}
+    values = apply_overrides(values, overrides or [])
     return build(AblateConfig, values, source=f"experiment config {path}", overrides=overrides or [])
 
 
@@ -139,6 +159,8 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
     """The grid's runs in a stable order; fails fast on an unknown environment or a bad loop key."""
     from llmrl.cards import get_card
 
+    if cfg.stream is not None:
+        return _expand_stream(cfg)
     bad = set(cfg.loop) & PER_RUN
     if bad:
         raise UsageError(f"the loop block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
@@ -165,6 +187,39 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise UsageError("the grid has duplicate runs (repeated envs, strategies, seeds or models)")
+    return specs
+
+
+#: StreamConfig keys a stream grid sets per run.
+STREAM_PER_RUN = {"strategy", "accumulate", "seed", "model", "device", "dtype", "eval_episodes", "eval_max_steps",
+                  "strategy_options", "out"}
+
+
+def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
+    """Strategies x accumulation modes x models x seeds over the one stream; every config validated."""
+    from llmrl.continual.stream import StreamConfig
+    from llmrl.models import run_dtype
+
+    assert cfg.stream is not None
+    bad = set(cfg.stream) & STREAM_PER_RUN
+    if bad:
+        raise UsageError(f"the stream block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
+    others = [s for s in cfg.strategies if BY_NAME[s].kind != "edit"]
+    if others:
+        raise UsageError(f"a stream grid runs edit strategies; {', '.join(others)} cannot be carried through a stream")
+    specs = []
+    for strategy in cfg.strategies:
+        for accumulate in cfg.accumulate:
+            for model in cfg.models:
+                for seed in cfg.seed_list():
+                    values = {**cfg.stream, "strategy": strategy, "accumulate": accumulate, "seed": seed,
+                              "model": model, "device": cfg.device, "dtype": run_dtype(cfg.dtype, cfg.device),
+                              "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps,
+                              "strategy_options": cfg.strategy_options.get(strategy, {})}
+                    config = build(StreamConfig, values, source="the experiment's stream").model_dump(mode="json")
+                    label = (model or "default").replace("/", "-")
+                    name = "__".join(["stream", strategy, accumulate, f"s{seed}", label])
+                    specs.append(RunSpec(short_name(name), "stream", strategy, seed, model, config, stream=True))
     return specs
 
 
@@ -218,7 +273,7 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    kind = BY_NAME[spec.strategy].kind
+    kind = "stream" if spec.stream else BY_NAME[spec.strategy].kind
     base = {"run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
             "model": spec.model, "kind": kind, "config": spec.config, "card_version": spec.card_version,
             "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -293,8 +348,16 @@ def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
             "portability": _portability(spec, result.policy, card, variant)}
 
 
+def _run_stream(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    from llmrl.continual.stream import StreamConfig, run_stream
+
+    summary = run_stream(StreamConfig(**{**spec.config, "out": folder}), progress=False)
+    return {"model": summary.model, "runtime": summary.runtime, "env_steps": summary.env_steps,
+            "stream": summary.to_json()}
+
+
 _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {
-    "random": _run_baseline, "prompt": _run_baseline, "edit": _run_edit, "ppo": _run_ppo,
+    "random": _run_baseline, "prompt": _run_baseline, "edit": _run_edit, "ppo": _run_ppo, "stream": _run_stream,
 }
 
 

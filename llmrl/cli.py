@@ -289,8 +289,12 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
 
     def show(record: RunRecord, n: int, total: int) -> None:
         if not args.json:
-            outcome = (f"return {record.final_mean_return:.1f}" if record.ok
-                       else (record.error or "").strip().splitlines()[-1])
+            if not record.ok:
+                outcome = (record.error or "").strip().splitlines()[-1]
+            elif record.stream is not None:
+                outcome = f"ACC {record.stream['acc']:.3f}"
+            else:
+                outcome = f"return {record.final_mean_return:.1f}"
             print(f"[{n}/{total}] {record.status:<6} {record.run_id}  {outcome}  "
                   f"({record.wall_seconds:.0f} s)", flush=True)
 

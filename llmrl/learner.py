@@ -23,7 +23,7 @@ from llmrl.inject import Edit, Injector
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.rollout import Trajectory, rollout
-from llmrl.strategies import EDIT_STRATEGIES, injector_class
+from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES, injector_class
 
 
 def make_injector(strategy: str, options: dict[str, Any], out: Path | None = None) -> Injector:
@@ -152,6 +152,3 @@ class Learner:
         while len(self.edits) > n:
             self.edits.pop().undo()
 
-
-#: How a change of the knowledge reaches the policy (see :class:`Learner`).
-ACCUMULATE = ("rebuild", "sequential")

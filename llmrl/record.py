@@ -59,7 +59,7 @@ class RunRecord(_Record):
     strategy: str
     seed: int
     model: str | None
-    kind: Literal["random", "prompt", "edit", "ppo"]
+    kind: Literal["random", "prompt", "edit", "ppo", "stream"]
     #: The run's resolved settings (an editing run's LoopConfig, a PPO run's budget and evaluation).
     config: dict[str, Any]
     card_version: int = 1
@@ -77,6 +77,8 @@ class RunRecord(_Record):
     #: PPO: the resolved RL Zoo hyper-parameters it trained with.
     hyperparameters: dict[str, Any] | None = None
     portability: dict[str, VariantReturn] | None = None
+    #: A continual stream's summary (llmrl.continual.stream.StreamSummary.to_json): matrices and metrics.
+    stream: dict[str, Any] | None = None
     status: Literal["ok", "failed"]
     wall_seconds: float
 
@@ -87,7 +89,7 @@ class RunRecord(_Record):
     def dump(self) -> dict[str, Any]:
         """JSON-ready, without the optional keys a run of this kind never has (as records always were)."""
         data = self.model_dump(mode="json")
-        for key in ("runtime", "hyperparameters"):
+        for key in ("runtime", "hyperparameters", "stream"):
             if data[key] is None:
                 del data[key]
         for name, variant in (data["portability"] or {}).items():

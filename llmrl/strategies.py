@@ -60,6 +60,9 @@ BASELINES = names("random", "prompt")
 PROMPT_BASELINES = names("prompt")
 EDIT_STRATEGIES = names("edit")
 PPO_LEARNERS = names("ppo")
+#: How an editing learner's changes of knowledge reach its policy (see llmrl.learner.Learner): undo and
+#: inject every item held, or edit the new items on top of the earlier edits.
+ACCUMULATE = ("rebuild", "sequential")
 
 
 def order(name: str) -> tuple[int, str]:

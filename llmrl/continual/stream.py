@@ -44,12 +44,12 @@ from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.knowledge import Extraction, KnowledgeBase
-from llmrl.learner import ACCUMULATE, Learner, make_injector
+from llmrl.learner import Learner, make_injector
 from llmrl.metrics import LocalityProbe
 from llmrl.models import load_model
 from llmrl.oracle import table_policy
 from llmrl.policy import Policy, RandomPolicy
-from llmrl.strategies import EDIT_STRATEGIES
+from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES
 
 #: LoopConfig keys the stream sets itself; its ``loop`` block holds the others (thresholds, exploration).
 STREAM_SETS = {"env", "iterations", "steps_per_iteration", "portability", "out", "strategy", "seed", "model",
@@ -129,8 +129,12 @@ class StreamSummary:
     strategy: str
     accumulate: str
     seed: int
+    model: str
+    #: Device, dtype and torch threads the model ran with.
+    runtime: dict[str, str | int]
     stages: list[str]
-    #: Normalised per stage (0 random, 1 the reference table); None where a stage has no table.
+    #: Normalised per stage (0 random, 1 the reference table); None where a stage has no table or its table
+    #: scores what random play does (then the metrics are of ``raw_matrix``).
     matrix: list[list[float]] | None
     raw_matrix: list[list[float]]
     random_returns: list[float]
@@ -255,10 +259,13 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         atomic_write(out / "items.json", json.dumps(
             {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
             indent=2))
-    normalised = (normalise(raw, random_returns, reference)  # type: ignore[arg-type]
-                  if all(r is not None for r in reference) else None)
+    # Normalised where every stage has a table that scores apart from random play (a short step cap can
+    # make them equal); otherwise the metrics are on raw returns.
+    scaled = all(r is not None and r != low for r, low in zip(reference, random_returns))
+    normalised = normalise(raw, random_returns, reference) if scaled else None  # type: ignore[arg-type]
     summary = StreamSummary(
-        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, stages=envs, matrix=normalised,
+        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, model=lm.name, runtime=lm.runtime,
+        stages=envs, matrix=normalised,
         raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"],
