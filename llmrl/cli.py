@@ -309,7 +309,16 @@ def cmd_report(args: argparse.Namespace) -> dict:
     from llmrl.report import write_report
 
     result = write_report(args.results)
-    if not args.json:
+    if not args.json and "groups" in result:  # a continual stream's experiment
+        print(f"stream {' -> '.join(result['stages'])} ({'normalised' if result['normalised'] else 'raw returns'})")
+        print(f"  {'strategy/accumulate':<22} {'runs':>4}  {'ACC IQM [95% CI]':<24} {'BWT IQM':>8}  {'forgetting':>10}")
+        for name, g in result["groups"].items():
+            acc = "-" if g["acc"] is None else f"{g['acc'][0]:.2f} [{g['acc'][1]:.2f}, {g['acc'][2]:.2f}]"
+            bwt = "-" if g["bwt"] is None else f"{g['bwt'][0]:.2f}"
+            forgetting = "-" if g["forgetting"] is None else f"{g['forgetting'][0]:.2f}"
+            print(f"  {name:<22} {g['runs']:>4}  {acc:<24} {bwt:>8}  {forgetting:>10}")
+        print(f"report: {result['markdown']} and {result['html']}")
+    elif not args.json:
         for env, rows in result["stats"].items():
             normalised = env in result["normalised"]
             score, digits = ("normalised score", 2) if normalised else ("final return", 1)

@@ -69,3 +69,50 @@ def test_stream_input_errors(tmp_path, capsys):
         "stages=[{env: 'CartPole-v1:upside-down', iterations: 1, steps_per_iteration: 8}]", "--set", "target={}")
     assert "bad --set loop.gamma=2" in one_error_line(
         capsys, "continual", str(stream_file(tmp_path)), "--set", "loop.gamma=2")
+
+
+def grid_file(tmp_path, **changes):
+    (tmp_path / "stream.yaml").write_text(yaml.safe_dump({**STREAM, "out": "ignored", "seed": 7}))
+    values = {"stream": "stream.yaml", "strategies": ["context"], "accumulate": ["rebuild", "sequential"],
+              "seeds": 2, "models": ["tiny"], "device": "cpu", "eval_episodes": 2, "eval_max_steps": 25,
+              "out": str(tmp_path / "grid"), **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
+    path = grid_file(tmp_path)
+    assert main(["ablate", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] == 4
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "grid" / "runs").glob("*.json")}
+    assert sorted(records) == [f"stream__context__{a}__s{s}__tiny" for a in ("rebuild", "sequential") for s in (0, 1)]
+    one = records["stream__context__sequential__s1__tiny"]
+    assert one["kind"] == "stream" and one["status"] == "ok" and one["config"]["seed"] == 1  # the grid's, not 7
+    assert one["stream"]["accumulate"] == "sequential" and one["config"]["eval_episodes"] == 2
+    assert main(["ablate", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["skipped"] == 4
+
+    assert main(["report", str(tmp_path / "grid"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(report["groups"]) == {"context/rebuild", "context/sequential"}
+    rebuild = [r["stream"] for k, r in records.items() if "__rebuild__" in k]
+    scores = [r["matrix"] if report["normalised"] else r["raw_matrix"] for r in rebuild]
+    # two runs: nothing is trimmed, so the IQM is the mean of the runs' ACC on the report's matrices
+    expected = sum(stream_metrics(m).acc for m in scores) / 2
+    assert report["groups"]["context/rebuild"]["acc"][0] == pytest.approx(expected)
+    mean = report["groups"]["context/rebuild"]["mean_matrix"]
+    for i in range(4):
+        assert mean[i] == pytest.approx([sum(m[i][j] for m in scores) / 2 for j in range(3)])
+    text = (tmp_path / "grid" / "report.md").read_text()
+    assert "## Forgetting and transfer" in text and "matrix_context_rebuild.png" in text
+    assert (tmp_path / "grid" / "matrix_context_sequential.png").exists()
+
+
+def test_stream_grid_errors(tmp_path, capsys):
+    assert "a stream grid runs edit strategies; random" in one_error_line(
+        capsys, "ablate", str(grid_file(tmp_path, strategies=["random", "context"])), "--dry-run")
+    assert "either envs" in one_error_line(
+        capsys, "ablate", str(grid_file(tmp_path, envs=["CartPole-v1"])), "--dry-run")
+    inline = grid_file(tmp_path, stream={"stages": STREAM["stages"], "seed": 3})
+    assert "the stream block may not set seed" in one_error_line(capsys, "ablate", str(inline), "--dry-run")

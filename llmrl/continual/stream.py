@@ -270,7 +270,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"],
         items_replayed=learner.replayed, out=str(out))
-    atomic_write(out / "matrix.png", plot_matrix(summary))
+    atomic_write(out / "matrix.png", plot_matrix(normalised or raw, envs, f"{cfg.strategy} ({cfg.accumulate}), "
+                                                  f"seed {cfg.seed}", normalised is not None))
     return summary
 
 

@@ -20,8 +20,9 @@ from llmrl.errors import UsageError
 from llmrl.folders import atomic_write
 from llmrl.report.figures import plot_curves
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, duration, slug, to_html, to_markdown
-from llmrl.report.runs import experiment_references, load_runs
+from llmrl.report.runs import experiment_references, load_runs, stream_records
 from llmrl.report.stats import strategy_stats, winner_of
+from llmrl.report.streams import stream_blocks
 from llmrl.report.summary import edits_over_floor, edits_vs_ppo, env_summary, intro, tally
 from llmrl.report.tables import edit_metrics_blocks, few, overview, per_seed_blocks, pooled, portability_blocks
 
@@ -44,6 +45,11 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     per environment and every table cell's numbers.
     """
     results_dir = Path(results_dir)
+    streams = stream_records(results_dir)
+    if streams:
+        title = f"Stream report: {results_dir.resolve().name}"
+        blocks, figures, data = stream_blocks(streams, title)
+        return {**_write(results_dir, blocks, figures, title), **data}
     references = reference_scores if reference_scores is not None else experiment_references(results_dir)
     runs, failed = load_runs(results_dir, references)
     envs = sorted({r.env for r in runs})
@@ -84,6 +90,17 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         blocks += [Heading(2, "Failed runs (excluded from the statistics)"),
                    Bullets([f"{run_id}: {error}" for run_id, error in failed])]
 
+    return {
+        **_write(results_dir, blocks, figures, title),
+        "winners": winners, "failed": [run_id for run_id, _ in failed],
+        "normalised": normalised, "aggregate": aggregate,
+        "stats": {env: {s.strategy: {"runs": s.runs, "iqm": s.iqm, "ci": [s.lo, s.hi], "env_steps": s.env_steps,
+                                     "wall_seconds": s.wall_seconds} for s in stats[env]} for env in envs},
+    }
+
+
+def _write(results_dir: Path, blocks: list[Block], figures: list[Figure], title: str) -> dict:
+    """``report.md``, its figures and ``report.html``, each written atomically; returns their paths."""
     md_path, html_path = results_dir / "report.md", results_dir / "report.html"
     try:
         for fig in figures:
@@ -92,10 +109,4 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         atomic_write(html_path, to_html(blocks, title))
     except OSError as exc:
         raise UsageError(f"cannot write the report into {results_dir}: {exc.strerror}") from None
-    return {
-        "markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures],
-        "winners": winners, "failed": [run_id for run_id, _ in failed],
-        "normalised": normalised, "aggregate": aggregate,
-        "stats": {env: {s.strategy: {"runs": s.runs, "iqm": s.iqm, "ci": [s.lo, s.hi], "env_steps": s.env_steps,
-                                     "wall_seconds": s.wall_seconds} for s in stats[env]} for env in envs},
-    }
+    return {"markdown": str(md_path), "html": str(html_path), "figures": [str(results_dir / f.name) for f in figures]}
