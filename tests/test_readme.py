@@ -78,7 +78,7 @@ def test_linked_files_and_anchors_exist(doc):
 
 def test_readme_links_the_docs():
     text = README.read_text()
-    for page in ("architecture", "policy", "editing-loop", "experiments", "cards", "models"):
+    for page in ("architecture", "policy", "editing-loop", "experiments", "continual", "cards", "models"):
         assert f"docs/{page}.md" in text, f"the README's map of docs/ misses {page}.md"
     for experiment in ("control", "atari"):
         assert f"reports/{experiment}/report.md" in text and f"reports/{experiment}/NOTES.md" in text
