@@ -261,8 +261,8 @@ def cmd_continual(args: argparse.Namespace) -> dict:
             steps = line.get("steps_to_target")
             reached = ("" if line.get("target") is None else "  target not reached" if steps is None
                        else f"  target reached after {steps} steps")
-            print(f"{where:<40} returns {' '.join(f'{r:7.1f}' for r in line['row'])}  items {line['items']}"
-                  f"{reached}", flush=True)
+            items = f"  items {line['items']}" if "items" in line else ""
+            print(f"{where:<40} returns {' '.join(f'{r:7.1f}' for r in line['row'])}{items}{reached}", flush=True)
 
     summary = run_stream(cfg, progress=sys.stderr.isatty(), on_stage=show)
     if not args.json:

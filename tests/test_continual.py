@@ -116,3 +116,15 @@ def test_stream_grid_errors(tmp_path, capsys):
         capsys, "ablate", str(grid_file(tmp_path, envs=["CartPole-v1"])), "--dry-run")
     inline = grid_file(tmp_path, stream={"stages": STREAM["stages"], "seed": 3})
     assert "the stream block may not set seed" in one_error_line(capsys, "ablate", str(inline), "--dry-run")
+
+
+def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
+    assert main(["continual", str(stream_file(tmp_path, strategy="ppo")), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert got["model"] == "ppo" and got["runtime"] is None and len(got["raw_matrix"]) == 4
+    assert got["items_inserted"] == got["items_erased"] == 0
+    lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
+    steps = [line["ppo_steps"] for line in lines[1:]]
+    # one model trained on: its step counter runs on across stages (whole rollouts of 8 envs x 32 steps)
+    assert steps == sorted(steps) and steps[0] > 0 and len(set(steps)) == 3
+    assert got["env_steps"] == steps[-1]

@@ -171,7 +171,7 @@ def observation_wrapper(env: gym.Env) -> gym.Env:
     raise UsageError(f"the PPO baseline cannot read observations of {space}")
 
 
-def _training_env(env: gym.Env, card: Card, atari: bool = False) -> gym.Env:
+def training_env(env: gym.Env, card: Card, atari: bool = False) -> gym.Env:
     if atari:
         env = NoopResetEnv(env, noop_max=30)
         if "FIRE" in env.unwrapped.get_action_meanings():
@@ -344,7 +344,7 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
     hp = build(PPOHyperparameters, values, source="PPO hyper-parameters")
     t0 = time.perf_counter()
     vec = make_vec_env(lambda: card.make_env(variant, observation=observation), n_envs=hp.n_envs, seed=seed,
-                       wrapper_class=_training_env, wrapper_kwargs={"card": card, "atari": hp.atari_wrapper})
+                       wrapper_class=training_env, wrapper_kwargs={"card": card, "atari": hp.atari_wrapper})
     if hp.normalize:
         if not isinstance(vec.observation_space, spaces.Box):
             vec.close()
@@ -415,7 +415,7 @@ def load_ppo_policy(folder: Path | str, device: str = "cpu") -> PPOPolicy:
     hp = build(PPOHyperparameters, record["hyperparameters"], source=str(folder / "ppo.json"))
     card, variant = get_card(record["env"])
     observation = record.get("observation")
-    shaped = _training_env(card.make_env(variant, observation=observation), card)
+    shaped = training_env(card.make_env(variant, observation=observation), card)
     shaped.close()
     net = PPO.policy_aliases[hp.policy](shaped.observation_space, shaped.action_space, ConstantSchedule(0.0))
     norm = None

@@ -32,7 +32,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import torch
 from pydantic import Field, create_model, model_validator
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -43,10 +42,7 @@ from llmrl.continual.metrics import StreamMetrics, normalise, stream_metrics
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.folders import atomic_write, exclusive, writable
-from llmrl.knowledge import Extraction, KnowledgeBase
-from llmrl.learner import Learner, make_injector
-from llmrl.metrics import LocalityProbe
-from llmrl.models import load_model
+from llmrl.learner import make_injector
 from llmrl.oracle import table_policy
 from llmrl.policy import Policy, RandomPolicy
 from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES
@@ -73,7 +69,9 @@ class StreamConfig(Strict):
     """Everything ``llmrl continual`` needs: one strategy and seed through one stream."""
 
     stages: list[Stage] = Field(min_length=1)
-    strategy: Literal[EDIT_STRATEGIES + ("none",)]  # type: ignore[valid-type]
+    #: An edit strategy, ``none`` (collect knowledge, edit nothing) or ``ppo`` (one PPO model trained on, stage
+    #: after stage: the catastrophic-forgetting reference for stages with one observation space).
+    strategy: Literal[EDIT_STRATEGIES + ("none", "ppo")]  # type: ignore[valid-type]
     #: ``rebuild``: every change of the knowledge undoes the edit in force and injects every item held;
     #: ``sequential``: each change is edited on top of the earlier edits (see :class:`~llmrl.learner.Learner`).
     accumulate: Literal[ACCUMULATE] = "rebuild"  # type: ignore[valid-type]
@@ -114,7 +112,8 @@ class StreamConfig(Strict):
     def stage_config(self, stage: Stage) -> LoopConfig:
         """The stage as a LoopConfig: its budget plus the stream's settings."""
         return build(LoopConfig, {**self.loop.model_dump(), "env": stage.env, "iterations": stage.iterations,
-                                  "steps_per_iteration": stage.steps_per_iteration, "strategy": self.strategy,
+                                  "steps_per_iteration": stage.steps_per_iteration,
+                                  "strategy": "none" if self.strategy == "ppo" else self.strategy,
                                   "seed": self.seed, "model": self.model, "device": self.device,
                                   "dtype": self.dtype, "n_envs": self.n_envs, "eval_episodes": self.eval_episodes,
                                   "eval_max_steps": self.eval_max_steps, "base_policy": self.base_policy,
@@ -129,9 +128,10 @@ class StreamSummary:
     strategy: str
     accumulate: str
     seed: int
+    #: The language model's name, or ``ppo``.
     model: str
-    #: Device, dtype and torch threads the model ran with.
-    runtime: dict[str, str | int]
+    #: Device, dtype and torch threads the language model ran with (None for PPO).
+    runtime: dict[str, str | int] | None
     stages: list[str]
     #: Normalised per stage (0 random, 1 the reference table); None where a stage has no table or its table
     #: scores what random play does (then the metrics are of ``raw_matrix``).
@@ -172,7 +172,8 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
     for card, variant in tasks:
         card.make_env(variant).close()
     out = cfg.out or Path("runs") / f"stream-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    injector = None if cfg.strategy == "none" else make_injector(cfg.strategy, dict(cfg.strategy_options), out)
+    edits = cfg.strategy not in ("none", "ppo")
+    injector = make_injector(cfg.strategy, dict(cfg.strategy_options), out) if edits else None
     with exclusive(out, "llmrl continual"):
         writable(out, "the stream's folder")
         for name in ("stages.jsonl", "items.json", "matrix.png"):
@@ -183,29 +184,24 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
 
 def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[Card, str | None]], injector: Any,
             out: Path, progress: bool, on_stage: Callable[[dict], None] | None) -> StreamSummary:
+    from llmrl.continual.agents import EditingAgent, PPOAgent
     from llmrl.continual.figure import plot_matrix
-    from llmrl.loop import base_policy
 
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
-    torch.manual_seed(cfg.seed)
-    first = stage_cfgs[0]
-    lm = load_model(cfg.model, cfg.device, cfg.dtype)
-    atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
-    card = tasks[0][0]
-    policy = base_policy(first, card, lm)
-    probe = LocalityProbe.for_card(lm, card, first.locality_prompts) if first.locality else None
-    kb = KnowledgeBase(Extraction(**{f.name: getattr(first, f.name) for f in fields(Extraction)}))
-    learner = Learner(policy, kb, injector, first, cfg.accumulate)
+    agent: EditingAgent | PPOAgent = (
+        PPOAgent(cfg.stages[0].env, cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
+        else EditingAgent(stage_cfgs[0], tasks[0][0], injector, cfg.accumulate, out))
     envs = [s.env for s in cfg.stages]
 
     def score(p: Policy, env: str) -> float:
-        card_, variant = get_card(env)
-        result, _ = evaluate(p, card_, "stream", None, cfg.eval_episodes, seed=eval_seed(cfg.seed),
+        card, variant = get_card(env)
+        result, _ = evaluate(p, card, "stream", None, cfg.eval_episodes, seed=eval_seed(cfg.seed),
                              n_envs=cfg.n_envs, max_steps=cfg.eval_max_steps, variant=variant, progress=False)
         return result.mean_return
 
     def row() -> list[float]:
         seen: dict[str, float] = {}  # a task that recurs in the stream is scored once per row
+        policy = agent.policy
         for env in envs:
             if env not in seen:
                 seen[env] = score(policy, env)
@@ -214,62 +210,52 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e) for e in envs]
     tables = [table_policy(c, v) for c, v in tasks]
     reference = [score(t, e) if t is not None else None for t, e in zip(tables, envs)]
+    agent.begin(*tasks[0], cfg.reset_feedback)
     raw = [row()]
     writer = SummaryWriter(str(out / "tensorboard"))
-    counts = {"insert": 0, "modify": 0, "erase": 0}
+    totals = dict.fromkeys(("insert", "modify", "erase"), 0)
     steps_to_target: list[int | None] = []
     env_steps, it = 0, 0
     bar = tqdm(total=sum(s.iterations for s in cfg.stages), desc=f"{cfg.strategy} stream", unit="it",
                disable=not progress)
     try:
-        _log(out, writer, {"stage": 0, "env": None, "row": raw[0], "env_steps": 0, "items": 0}, on_stage)
-        for k, (stage, (card_k, variant)) in enumerate(zip(cfg.stages, tasks), 1):
-            if cfg.reset_feedback:
-                kb.reset_feedback()
+        _log(out, writer, {"stage": 0, "env": None, "row": raw[0], "env_steps": 0}, on_stage)
+        for k, (stage, (card, variant)) in enumerate(zip(cfg.stages, tasks), 1):
+            if k > 1:
+                agent.begin(card, variant, cfg.reset_feedback)
             target = cfg.target.get(stage.env)
             curve = [(0, raw[-1][k - 1])]
-            changes = {"insert": 0, "modify": 0, "retain": 0, "erase": 0}
             stage_steps = 0
             for _ in range(stage.iterations):
                 bar.update(1)
                 it += 1
-                lesson = learner.learn(card_k, variant, it, stage.steps_per_iteration)
-                stage_steps += lesson.env_steps
-                for kind, items in lesson.changes.items():
-                    changes[kind] += len(items)
-                curve.append((stage_steps, score(policy, stage.env)))
+                stage_steps += agent.learn(card, variant, it, stage.steps_per_iteration)
+                curve.append((stage_steps, score(agent.policy, stage.env)))
                 writer.add_scalar("stage_return", curve[-1][1], env_steps + stage_steps)
-                writer.add_scalar("items", len(kb.items), env_steps + stage_steps)
             env_steps += stage_steps
-            for kind in counts:
-                counts[kind] += changes[kind]
             reached = next((s for s, r in curve if target is not None and r >= target), None)
             steps_to_target.append(reached)
             raw.append(row())
-            line = {"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps, "stage_steps": stage_steps,
-                    "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], "target": target,
-                    "steps_to_target": reached, "items": len(kb.items), **{f"items_{k_}": v for k_, v in
-                                                                            changes.items()}}
-            if probe:
-                line.update(probe.measure())
-            _log(out, writer, line, on_stage)
+            info = agent.stage_info()
+            for kind in totals:
+                totals[kind] += info.get(f"items_{kind}", 0)
+            _log(out, writer, {"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
+                               "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
+                               "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], **info}, on_stage)
     finally:
         bar.close()
         writer.close()
-        atomic_write(out / "items.json", json.dumps(
-            {"items": [i.to_json() for i in kb.items.values()], "erased": [i.to_json() for i in kb.erased]},
-            indent=2))
+        agent.finish(out)
     # Normalised where every stage has a table that scores apart from random play (a short step cap can
     # make them equal); otherwise the metrics are on raw returns.
     scaled = all(r is not None and r != low for r, low in zip(reference, random_returns))
     normalised = normalise(raw, random_returns, reference) if scaled else None  # type: ignore[arg-type]
     summary = StreamSummary(
-        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, model=lm.name, runtime=lm.runtime,
-        stages=envs, matrix=normalised,
-        raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
+        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, model=agent.model, runtime=agent.runtime,
+        stages=envs, matrix=normalised, raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
-        items_inserted=counts["insert"], items_modified=counts["modify"], items_erased=counts["erase"],
-        items_replayed=learner.replayed, out=str(out))
+        items_inserted=totals["insert"], items_modified=totals["modify"], items_erased=totals["erase"],
+        items_replayed=agent.replayed, out=str(out))
     atomic_write(out / "matrix.png", plot_matrix(normalised or raw, envs, f"{cfg.strategy} ({cfg.accumulate}), "
                                                   f"seed {cfg.seed}", normalised is not None))
     return summary

@@ -1,0 +1,145 @@
+"""What a stream carries from stage to stage: an editing learner, or PPO trained on.
+
+An agent learns one iteration at a time (``learn``) and exposes its current
+``policy`` for scoring; the stream (:mod:`llmrl.continual.stream`) does the
+rest. :class:`EditingAgent` is one language model, knowledge base and
+injector (a :class:`~llmrl.learner.Learner`); :class:`PPOAgent` is one SB3 PPO
+model whose training continues on each stage's environment: the classic
+catastrophic-forgetting reference for stages that share an observation space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmrl.cards import Card
+from llmrl.config import LoopConfig
+from llmrl.folders import atomic_write
+from llmrl.inject import Injector
+from llmrl.knowledge import Extraction, KnowledgeBase
+from llmrl.learner import Learner
+from llmrl.policy import Policy
+
+KINDS = ("insert", "modify", "retain", "erase")
+
+
+class EditingAgent:
+    """A language-model policy edited by its learner as each stage's feedback arrives."""
+
+    def __init__(self, first: LoopConfig, card: Card, injector: Injector | None, accumulate: str, out: Path):
+        from llmrl.loop import base_policy
+        from llmrl.metrics import LocalityProbe
+        from llmrl.models import load_model
+
+        torch.manual_seed(first.seed)
+        self.lm = load_model(first.model, first.device, first.dtype)
+        atomic_write(out / "runtime.json", json.dumps(self.lm.runtime, indent=2))
+        self.policy: Policy = base_policy(first, card, self.lm)
+        self.probe = LocalityProbe.for_card(self.lm, card, first.locality_prompts) if first.locality else None
+        self.kb = KnowledgeBase(Extraction(**{f.name: getattr(first, f.name) for f in fields(Extraction)}))
+        self.learner = Learner(self.policy, self.kb, injector, first, accumulate)  # type: ignore[arg-type]
+        self.model, self.runtime = self.lm.name, self.lm.runtime
+        self.changes = dict.fromkeys(KINDS, 0)
+
+    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
+        self.changes = dict.fromkeys(KINDS, 0)
+        if reset_feedback:
+            self.kb.reset_feedback()
+
+    def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
+        lesson = self.learner.learn(card, variant, it, steps)
+        for kind, items in lesson.changes.items():
+            self.changes[kind] += len(items)
+        return lesson.env_steps
+
+    def stage_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"items": len(self.kb.items), **{f"items_{k}": v for k, v in self.changes.items()}}
+        if self.probe:
+            info.update(self.probe.measure())
+        return info
+
+    @property
+    def replayed(self) -> int:
+        return self.learner.replayed
+
+    def finish(self, out: Path) -> None:
+        atomic_write(out / "items.json", json.dumps(
+            {"items": [i.to_json() for i in self.kb.items.values()], "erased": [i.to_json() for i in self.kb.erased]},
+            indent=2))
+
+
+class PPOAgent:
+    """One PPO model trained on each stage's environment in turn, with the card's RL Zoo settings.
+
+    Training continues across stages (same network, optimiser and step
+    counter); observation statistics, where the settings normalise, carry over
+    too. It needs every stage to share one observation and action space.
+    """
+
+    def __init__(self, env: str, seed: int, device: str, out: Path):
+        from llmrl.baselines.ppo import PPOHyperparameters, load_hyperparameters
+        from llmrl.config import build
+
+        self.seed, self.out = seed, out
+        self.hp = build(PPOHyperparameters, load_hyperparameters(env, None), source="PPO hyper-parameters")
+        self.device = "cpu" if device == "auto" else device
+        self.ppo: Any = None
+        self.vec: Any = None
+        self.env = env
+        self.model, self.runtime, self.replayed = "ppo", None, 0
+
+    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.env_util import make_vec_env
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        from llmrl.baselines.ppo import training_env
+
+        vec = make_vec_env(lambda: card.make_env(variant), n_envs=self.hp.n_envs, seed=self.seed,
+                           wrapper_class=training_env, wrapper_kwargs={"card": card, "atari": self.hp.atari_wrapper})
+        if self.hp.normalize:
+            previous = self.vec
+            vec = VecNormalize(vec, gamma=self.hp.gamma)
+            if isinstance(previous, VecNormalize):
+                vec.obs_rms, vec.ret_rms = previous.obs_rms, previous.ret_rms
+        if self.ppo is None:
+            self.ppo = PPO(self.hp.policy, vec, seed=self.seed, device=self.device, verbose=0,
+                           tensorboard_log=str(self.out / "tensorboard"), **self.hp.ppo_kwargs())
+        else:
+            self.ppo.set_env(vec)  # SB3 refuses another observation or action space here
+        if self.vec is not None:
+            self.vec.close()
+        self.vec = vec
+
+    def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
+        before = self.ppo.num_timesteps
+        self.ppo.learn(steps, reset_num_timesteps=False)
+        return self.ppo.num_timesteps - before
+
+    @property
+    def policy(self) -> Policy:
+        from llmrl.baselines.ppo import ObsNormalization, PPOPolicy
+
+        if self.ppo is None:  # before the first stage: an untrained network on the first stage's spaces
+            self.begin(*_card_of(self.env), reset_feedback=False)
+        vec = self.ppo.get_vec_normalize_env()
+        return PPOPolicy(self.env, self.ppo.policy, ObsNormalization.of(vec) if vec else None,
+                         sample=self.hp.sample_actions)
+
+    def stage_info(self) -> dict[str, Any]:
+        return {"ppo_steps": int(self.ppo.num_timesteps)}
+
+    def finish(self, out: Path) -> None:
+        if self.vec is not None:
+            self.vec.close()
+
+
+def _card_of(env: str) -> tuple[Card, str | None]:
+    from llmrl.cards import get_card
+
+    return get_card(env)
