@@ -216,7 +216,10 @@ def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
                               "model": model, "device": cfg.device, "dtype": run_dtype(cfg.dtype, cfg.device),
                               "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps,
                               "strategy_options": cfg.strategy_options.get(strategy, {})}
-                    config = build(StreamConfig, values, source="the experiment's stream").model_dump(mode="json")
+                    stream = build(StreamConfig, values, source="the experiment's stream")
+                    for stage in stream.stages:  # every stage's loop settings resolve before any run starts
+                        stream.stage_config(stage)
+                    config = stream.model_dump(mode="json")
                     label = (model or "default").replace("/", "-")
                     name = "__".join(["stream", strategy, accumulate, f"s{seed}", label])
                     specs.append(RunSpec(short_name(name), "stream", strategy, seed, model, config, stream=True))

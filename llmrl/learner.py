@@ -85,15 +85,19 @@ class Lesson:
 
 
 class Learner:
-    """A policy, its knowledge base and its injector (None: collect knowledge, inject nothing).
+    """Policies, their knowledge bases and one injector (None: collect knowledge, inject nothing).
 
-    Exploration uses ``cfg``'s temperature, epsilon, hold and ``n_envs``;
-    iteration ``it`` plays from seeds derived from ``cfg.seed`` and ``it``, so
-    no two iterations of a run share episodes.
+    ``tasks`` maps a card's key to the policy that plays it and the knowledge
+    base of its items. A loop run has one; a stream across cards has one per
+    card, every policy on the same model, so that an edit made through one
+    card's policy (weights, an adapter) reaches them all. Exploration uses
+    ``cfg``'s temperature, epsilon, hold and ``n_envs``; iteration ``it``
+    plays from seeds derived from ``cfg.seed`` and ``it``, so no two
+    iterations of a run share episodes.
 
-    ``accumulate`` says how a change of the knowledge reaches the policy:
+    ``accumulate`` says how a change of the knowledge reaches the policies:
 
-    - ``rebuild``: undo the edit in force, inject every item held (one edit).
+    - ``rebuild``: undo every edit in force, inject every item held (one edit per card).
     - ``sequential``: the lifelong-editing setting (GRACE, WISE, AlphaEdit): edit on top of the earlier
       edits, with only the new items. An item whose situation got another action is overwritten by the
       new item's edit; an item erased with nothing in its place is taken out by undoing the edits back to
@@ -101,54 +105,66 @@ class Learner:
       erase, reported as ``replayed`` items).
     """
 
-    def __init__(self, policy: LLMPolicy, kb: KnowledgeBase, injector: Injector | None, cfg: LoopConfig,
-                 accumulate: str = "rebuild"):
+    def __init__(self, tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], injector: Injector | None,
+                 cfg: LoopConfig, accumulate: str = "rebuild"):
         if accumulate not in ACCUMULATE:
             raise UsageError(f"unknown accumulate mode {accumulate!r}; choose {', '.join(ACCUMULATE)}")
-        self.policy, self.kb, self.injector, self.cfg, self.accumulate = policy, kb, injector, cfg, accumulate
-        #: The edits in force, oldest first (rebuild keeps at most one).
-        self.edits: list[Edit] = []
+        self.tasks, self.injector, self.cfg, self.accumulate = tasks, injector, cfg, accumulate
+        #: The edits in force, oldest first, each with the card whose policy made it.
+        self.edits: list[tuple[str, Edit]] = []
         self.replayed = 0
 
     @property
     def edit(self) -> Edit | None:
         """The latest edit in force."""
-        return self.edits[-1] if self.edits else None
+        return self.edits[-1][1] if self.edits else None
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> Lesson:
         cfg = self.cfg
-        explorer = Exploring(self.policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
+        policy, kb = self.tasks[card.key]
+        explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
                              hold=cfg.explore_hold)
         feedback = rollout(explorer, card, episodes=steps, seed=cfg.seed * 100_000 + it * 1_000,
                            n_envs=cfg.n_envs, variant=variant, step_budget=steps)
-        changes = self.kb.update(feedback, self.policy, it)
+        changes = kb.update(feedback, policy, it)
         edited = self.injector is not None and any(changes.values())
         if edited:
-            self.apply(changes)
+            self.apply(card.key, changes)
         return Lesson(feedback, sum(t.length for t in feedback), changes, edited)
 
-    def apply(self, changes: dict[str, list[KnowledgeItem]]) -> None:
-        """Bring the edits in line with the knowledge base after ``changes``."""
+    def apply(self, key: str, changes: dict[str, list[KnowledgeItem]]) -> None:
+        """Bring the edits in line with the knowledge bases after ``changes`` to card ``key``'s."""
         assert self.injector is not None
+        todo: dict[str, dict[str, KnowledgeItem]] = {}  # card -> situation -> item, in injection order
         if self.accumulate == "rebuild":
             self.undo_to(0)
-            if self.kb.items:
-                self.edits.append(self.injector.inject(self.policy, list(self.kb.items.values())))
-            return
-        new = {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]}
-        orphans = {i.situation for i in changes["erase"]} - set(self.kb.items)
-        if orphans:
-            oldest = min(n for n, e in enumerate(self.edits) if orphans & {i.situation for i in e.items})
-            held = {i.situation: i for e in self.edits[oldest:] for i in e.items
-                    if self.kb.items.get(i.situation) is i}
-            self.undo_to(oldest)
-            self.replayed += len(held)
-            new = {**held, **new}
-        if new:
-            self.edits.append(self.injector.inject(self.policy, list(new.values())))
+            todo = {k: dict(kb.items) for k, (_, kb) in self.tasks.items()}
+        else:
+            kb = self.tasks[key][1]
+            orphans = {i.situation for i in changes["erase"]} - set(kb.items)
+            if orphans:
+                oldest = min(n for n, (k, e) in enumerate(self.edits)
+                             if k == key and orphans & {i.situation for i in e.items})
+                for k, e in self.edits[oldest:]:
+                    held = self.tasks[k][1].items
+                    todo.setdefault(k, {}).update({i.situation: i for i in e.items if held.get(i.situation) is i})
+                self.undo_to(oldest)
+                self.replayed += sum(len(items) for items in todo.values())
+            todo.setdefault(key, {}).update(
+                {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]})
+        for k, items in todo.items():
+            if items:
+                self.edits.append((k, self.injector.inject(self.tasks[k][0], list(items.values()))))
+        self._invalidate()
 
     def undo_to(self, n: int) -> None:
-        """Undo the edits after the first ``n``, newest first: the policy is as it was after edit ``n``."""
+        """Undo the edits after the first ``n``, newest first: the policies are as they were after edit ``n``."""
         while len(self.edits) > n:
-            self.edits.pop().undo()
+            self.edits.pop()[1].undo()
+        self._invalidate()
 
+    def _invalidate(self) -> None:
+        """Every policy's caches: an edit through one card's policy may have changed the shared model."""
+        if len(self.tasks) > 1:
+            for policy, _ in self.tasks.values():
+                policy.invalidate()

@@ -93,7 +93,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
     writer = SummaryWriter(str(out / "tensorboard"))
     locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     rows: list[dict] = []
-    learner = Learner(policy, kb, injector, cfg)
+    learner = Learner({card.key: (policy, kb)}, injector, cfg)
     env_steps = 0
     try:
         with tqdm(total=cfg.iterations + 1, desc=f"{cfg.strategy} on {card.key}", unit="it",

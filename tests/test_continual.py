@@ -56,10 +56,32 @@ def test_a_stream_end_to_end(tmp_path, capsys):
     assert len(items["items"]) == lines[-1]["items"]
 
 
+ACROSS = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},
+          {"env": "LunarLander-v3", "iterations": 2, "steps_per_iteration": 96}]
+
+
+@pytest.mark.parametrize("accumulate", ["rebuild", "sequential"])
+def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, accumulate):
+    path = stream_file(tmp_path, stages=ACROSS, strategy="weights", accumulate=accumulate, target={},
+                       strategy_options={"steps": 2, "stats_tokens": 128, "stats_prompts": 4},
+                       loop={**STREAM["loop"], "z": 0.1})
+    assert main(["continual", str(path), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert got["stages"] == ["CartPole-v1", "LunarLander-v3"] and len(got["raw_matrix"]) == 3
+    assert got["reference_returns"][1] is not None  # LunarLander's table scores its stage
+    items = json.loads((tmp_path / "out" / "items.json").read_text())["items"]
+    assert {i["card"] for i in items} == {"CartPole-v1", "LunarLander-v3"}  # each card's knowledge, kept apart
+    lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
+    assert lines[2]["items_held"] == len(items) > lines[2]["items"]  # the second card's, and the first's
+
+
 def test_stream_input_errors(tmp_path, capsys):
-    assert "a stream's stages are one card" in one_error_line(capsys, "continual", str(stream_file(
-        tmp_path, stages=[{"env": "CartPole-v1", "iterations": 1, "steps_per_iteration": 8},
-                          {"env": "Acrobot-v1", "iterations": 1, "steps_per_iteration": 8}])))
+    assert "stage CartPole-v1: its loop block may not set seed" in one_error_line(
+        capsys, "continual", str(stream_file(tmp_path, stages=[{**STREAM["stages"][0], "loop": {"seed": 1}}])))
+    assert "bad stream stage CartPole-v1: gamma" in one_error_line(
+        capsys, "continual", str(stream_file(tmp_path, stages=[{**STREAM["stages"][0], "loop": {"gamma": 3}}])))
+    assert "PPO is trained on through stages of one card" in one_error_line(
+        capsys, "continual", str(stream_file(tmp_path, stages=ACROSS, strategy="ppo", target={})))
     assert "the loop block may not set seed" in one_error_line(
         capsys, "continual", str(stream_file(tmp_path)), "--set", "loop.seed=3")
     assert "target names environments that are no stage: Acrobot-v1" in one_error_line(

@@ -42,7 +42,8 @@ def changes(**kinds: list[KnowledgeItem]) -> dict[str, list[KnowledgeItem]]:
 
 def learner(policy, strategy: str, accumulate: str) -> tuple[Learner, KnowledgeBase]:
     kb = KnowledgeBase()
-    return Learner(policy, kb, INJECTORS[strategy](), LoopConfig(env="CartPole-v1", strategy=strategy),
+    cfg = LoopConfig(env="CartPole-v1", strategy=strategy)
+    return Learner({"CartPole-v1": (policy, kb)}, INJECTORS[strategy](), cfg,
                    accumulate), kb
 
 
@@ -54,23 +55,23 @@ def test_sequential_edits_stack_and_an_erased_item_is_taken_out(setup, strategy)
     ln, kb = learner(policy, strategy, "sequential")
     a, b = item(texts, LEFT, "right"), item(texts, RIGHT, "left")
     kb.items[LEFT] = a
-    ln.apply(changes(insert=[a]))
+    ln.apply("CartPole-v1", changes(insert=[a]))
     kb.items[RIGHT] = b
-    ln.apply(changes(insert=[b]))
-    assert [e.items for e in ln.edits] == [[a], [b]]  # the second edit carries only the new item
+    ln.apply("CartPole-v1", changes(insert=[b]))
+    assert [e.items for _, e in ln.edits] == [[a], [b]]  # the second edit carries only the new item
     assert not torch.equal(policy.scores(probe), untouched)
 
     # a modified item is edited on top of the one it replaces
     c = item(texts, RIGHT, "right")
     kb.items[RIGHT] = c
-    ln.apply(changes(erase=[b], modify=[c]))
-    assert [e.items for e in ln.edits] == [[a], [b], [c]] and ln.replayed == 0
+    ln.apply("CartPole-v1", changes(erase=[b], modify=[c]))
+    assert [e.items for _, e in ln.edits] == [[a], [b], [c]] and ln.replayed == 0
 
     # an item erased with nothing in its place: the edits back to the one that wrote it are undone, and
     # the items of those edits still held are injected again
     del kb.items[LEFT]
-    ln.apply(changes(erase=[a]))
-    assert [e.items for e in ln.edits] == [[c]] and ln.replayed == 1
+    ln.apply("CartPole-v1", changes(erase=[a]))
+    assert [e.items for _, e in ln.edits] == [[c]] and ln.replayed == 1
     only_c = policy.scores(probe).clone()
     ln.undo_to(0)
     assert fingerprint(lm.model) == start
@@ -88,12 +89,12 @@ def test_rebuild_keeps_one_edit_of_every_item_held(setup):
     ln, kb = learner(policy, "weights", "rebuild")
     a, b = item(texts, LEFT, "right"), item(texts, RIGHT, "left")
     kb.items[LEFT] = a
-    ln.apply(changes(insert=[a]))
+    ln.apply("CartPole-v1", changes(insert=[a]))
     kb.items[RIGHT] = b
-    ln.apply(changes(insert=[b]))
+    ln.apply("CartPole-v1", changes(insert=[b]))
     assert len(ln.edits) == 1 and ln.edit.items == [a, b]
     del kb.items[LEFT], kb.items[RIGHT]
-    ln.apply(changes(erase=[a, b]))
+    ln.apply("CartPole-v1", changes(erase=[a, b]))
     assert ln.edits == [] and fingerprint(lm.model) == start
 
 

@@ -29,27 +29,37 @@ KINDS = ("insert", "modify", "retain", "erase")
 
 
 class EditingAgent:
-    """A language-model policy edited by its learner as each stage's feedback arrives."""
+    """Language-model policies, one per card of the stream, on one model, edited by one learner."""
 
-    def __init__(self, first: LoopConfig, card: Card, injector: Injector | None, accumulate: str, out: Path):
+    def __init__(self, stages: list[LoopConfig], cards: list[Card], injector: Injector | None, accumulate: str,
+                 out: Path):
+        """``stages`` and ``cards`` side by side; a card's knowledge base takes its first stage's settings."""
         from llmrl.loop import base_policy
         from llmrl.metrics import LocalityProbe
         from llmrl.models import load_model
 
+        first = stages[0]
         torch.manual_seed(first.seed)
         self.lm = load_model(first.model, first.device, first.dtype)
         atomic_write(out / "runtime.json", json.dumps(self.lm.runtime, indent=2))
-        self.policy: Policy = base_policy(first, card, self.lm)
-        self.probe = LocalityProbe.for_card(self.lm, card, first.locality_prompts) if first.locality else None
-        self.kb = KnowledgeBase(Extraction(**{f.name: getattr(first, f.name) for f in fields(Extraction)}))
-        self.learner = Learner(self.policy, self.kb, injector, first, accumulate)  # type: ignore[arg-type]
+        self.tasks: dict[str, tuple[Any, KnowledgeBase]] = {}
+        for stage, card in zip(stages, cards):
+            if card.key not in self.tasks:
+                extraction = Extraction(**{f.name: getattr(stage, f.name) for f in fields(Extraction)})
+                self.tasks[card.key] = (base_policy(stage, card, self.lm), KnowledgeBase(extraction))
+        self.probe = LocalityProbe.for_card(self.lm, cards[0], first.locality_prompts) if first.locality else None
+        self.learner = Learner(self.tasks, injector, first, accumulate)
         self.model, self.runtime = self.lm.name, self.lm.runtime
         self.changes = dict.fromkeys(KINDS, 0)
+        self.card = cards[0]
+
+    def policy_for(self, card: Card) -> Policy:
+        return self.tasks[card.key][0]
 
     def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
-        self.changes = dict.fromkeys(KINDS, 0)
+        self.card, self.changes = card, dict.fromkeys(KINDS, 0)
         if reset_feedback:
-            self.kb.reset_feedback()
+            self.tasks[card.key][1].reset_feedback()
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         lesson = self.learner.learn(card, variant, it, steps)
@@ -58,7 +68,10 @@ class EditingAgent:
         return lesson.env_steps
 
     def stage_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"items": len(self.kb.items), **{f"items_{k}": v for k, v in self.changes.items()}}
+        """The stage's knowledge changes, the items held (on its card and on all) and locality."""
+        info: dict[str, Any] = {"items": len(self.tasks[self.card.key][1].items),
+                                "items_held": sum(len(kb.items) for _, kb in self.tasks.values()),
+                                **{f"items_{k}": v for k, v in self.changes.items()}}
         if self.probe:
             info.update(self.probe.measure())
         return info
@@ -68,9 +81,13 @@ class EditingAgent:
         return self.learner.replayed
 
     def finish(self, out: Path) -> None:
+        """``items.json``: the items held at the end and those erased, each with its card."""
+        def listed(card: str, items: Any) -> list[dict]:
+            return [{"card": card, **i.to_json()} for i in items]
+
         atomic_write(out / "items.json", json.dumps(
-            {"items": [i.to_json() for i in self.kb.items.values()], "erased": [i.to_json() for i in self.kb.erased]},
-            indent=2))
+            {"items": [x for k, (_, kb) in self.tasks.items() for x in listed(k, kb.items.values())],
+             "erased": [x for k, (_, kb) in self.tasks.items() for x in listed(k, kb.erased)]}, indent=2))
 
 
 class PPOAgent:
@@ -121,12 +138,9 @@ class PPOAgent:
         self.ppo.learn(steps, reset_num_timesteps=False)
         return self.ppo.num_timesteps - before
 
-    @property
-    def policy(self) -> Policy:
+    def policy_for(self, card: Card) -> Policy:
         from llmrl.baselines.ppo import ObsNormalization, PPOPolicy
 
-        if self.ppo is None:  # before the first stage: an untrained network on the first stage's spaces
-            self.begin(*_card_of(self.env), reset_feedback=False)
         vec = self.ppo.get_vec_normalize_env()
         return PPOPolicy(self.env, self.ppo.policy, ObsNormalization.of(vec) if vec else None,
                          sample=self.hp.sample_actions)
@@ -137,9 +151,3 @@ class PPOAgent:
     def finish(self, out: Path) -> None:
         if self.vec is not None:
             self.vec.close()
-
-
-def _card_of(env: str) -> tuple[Card, str | None]:
-    from llmrl.cards import get_card
-
-    return get_card(env)

@@ -53,11 +53,14 @@ STREAM_SETS = {"env", "iterations", "steps_per_iteration", "portability", "out",
 
 
 class Stage(Strict):
-    """One task of the stream and its feedback budget."""
+    """One task of the stream, its feedback budget and the loop settings of its own (e.g. gamma, n_step)."""
 
     env: str
     iterations: int = Field(ge=1)
     steps_per_iteration: int = Field(ge=1)
+    #: Overrides of the stream's ``loop`` for this stage's knowledge (a card's items are estimated with the
+    #: settings of the card's first stage).
+    loop: dict[str, Any] = Field(default_factory=dict)
 
 
 #: The loop settings a stream shares across its stages: LoopConfig's fields that the stream does not set.
@@ -111,8 +114,11 @@ class StreamConfig(Strict):
 
     def stage_config(self, stage: Stage) -> LoopConfig:
         """The stage as a LoopConfig: its budget plus the stream's settings."""
-        return build(LoopConfig, {**self.loop.model_dump(), "env": stage.env, "iterations": stage.iterations,
-                                  "steps_per_iteration": stage.steps_per_iteration,
+        bad = set(stage.loop) & STREAM_SETS
+        if bad:
+            raise UsageError(f"stage {stage.env}: its loop block may not set {', '.join(sorted(bad))}")
+        return build(LoopConfig, {**self.loop.model_dump(), **stage.loop, "env": stage.env,
+                                  "iterations": stage.iterations, "steps_per_iteration": stage.steps_per_iteration,
                                   "strategy": "none" if self.strategy == "ppo" else self.strategy,
                                   "seed": self.seed, "model": self.model, "device": self.device,
                                   "dtype": self.dtype, "n_envs": self.n_envs, "eval_episodes": self.eval_episodes,
@@ -166,9 +172,9 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
     stage_cfgs = [cfg.stage_config(s) for s in cfg.stages]
     tasks = [get_card(s.env) for s in cfg.stages]
     cards = {card.key for card, _ in tasks}
-    if len(cards) > 1:
-        raise UsageError(f"the stages use the cards {', '.join(sorted(cards))}: a stream's stages are one card "
-                         "and its variants (streams across cards need one prompt per card in every injector)")
+    if cfg.strategy == "ppo" and len(cards) > 1:
+        raise UsageError(f"the stages use the cards {', '.join(sorted(cards))}: PPO is trained on through stages "
+                         "of one card and its variants, whose observations it can read alike")
     for card, variant in tasks:
         card.make_env(variant).close()
     out = cfg.out or Path("runs") / f"stream-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -190,7 +196,7 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
     agent: EditingAgent | PPOAgent = (
         PPOAgent(cfg.stages[0].env, cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
-        else EditingAgent(stage_cfgs[0], tasks[0][0], injector, cfg.accumulate, out))
+        else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out))
     envs = [s.env for s in cfg.stages]
 
     def score(p: Policy, env: str) -> float:
@@ -201,10 +207,9 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
 
     def row() -> list[float]:
         seen: dict[str, float] = {}  # a task that recurs in the stream is scored once per row
-        policy = agent.policy
-        for env in envs:
+        for env, (card, _) in zip(envs, tasks):
             if env not in seen:
-                seen[env] = score(policy, env)
+                seen[env] = score(agent.policy_for(card), env)
         return [seen[env] for env in envs]
 
     random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e) for e in envs]
@@ -230,7 +235,7 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
                 bar.update(1)
                 it += 1
                 stage_steps += agent.learn(card, variant, it, stage.steps_per_iteration)
-                curve.append((stage_steps, score(agent.policy, stage.env)))
+                curve.append((stage_steps, score(agent.policy_for(card), stage.env)))
                 writer.add_scalar("stage_return", curve[-1][1], env_steps + stage_steps)
             env_steps += stage_steps
             reached = next((s for s, r in curve if target is not None and r >= target), None)
