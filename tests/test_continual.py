@@ -50,6 +50,11 @@ def test_a_stream_end_to_end(tmp_path, capsys):
     assert [p["env_steps"] for p in first["curve"]] == [0, 48, 96] and first["curve"][0]["mean_return"] == raw[0][0]
     assert first["steps_to_target"] == next(p["env_steps"] for p in first["curve"] if p["mean_return"] >= 9)
     assert "locality_kl" in first
+    assert first["held_at_start"] == 0 and first["revised"] == 0  # nothing was held before the first stage
+    for before, line in zip(lines[1:], lines[2:]):
+        assert line["held_at_start"] == before["items"]  # one card: the items the last stage ended with
+        assert line["revised"] == len(line["steps_to_revise"]) <= line["items_erase"]
+        assert all(0 < s <= line["stage_steps"] for s in line["steps_to_revise"])
     assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     items = json.loads((out / "items.json").read_text())
@@ -150,3 +155,29 @@ def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
     # one model trained on: its step counter runs on across stages (whole rollouts of 8 envs x 32 steps)
     assert steps == sorted(steps) and steps[0] > 0 and len(set(steps)) == 3
     assert got["env_steps"] == steps[-1]
+
+
+def test_steps_to_revise_count_the_held_items_a_stage_contradicts(tmp_path):
+    from llmrl.cards import get_card
+    from llmrl.config import LoopConfig
+    from llmrl.continual.agents import EditingAgent
+    from llmrl.knowledge import KnowledgeItem
+    from llmrl.learner import Lesson
+
+    card, _ = get_card("CartPole-v1")
+    cfg = LoopConfig(env="CartPole-v1", strategy="none", model="tiny", device="cpu", dtype="float32",
+                     locality=False)
+    agent = EditingAgent([cfg], [card], None, "rebuild", tmp_path)
+    kb = agent.tasks[card.key][1]
+    held = {s: KnowledgeItem(s, "left", 1.0, 20) for s in card.situations[:3]}
+    kb.items.update(held)
+    agent.begin(card, None, reset_feedback=True)
+    quiet = {"insert": [], "modify": [], "retain": [], "erase": []}
+    flips = [quiet, {**quiet, "erase": [held[card.situations[0]]]},
+             {**quiet, "erase": [held[card.situations[1]], KnowledgeItem("new", "right", 1.0, 20)]}]
+    agent.learner.learn = lambda *args: Lesson([], 50, flips.pop(0), False)  # three iterations of 50 steps
+    for it in range(3):
+        agent.learn(card, None, it + 1, 50)
+    info = agent.stage_info()
+    assert (info["held_at_start"], info["revised"], info["steps_to_revise"]) == (3, 2, [100, 150])
+    assert info["items_erase"] == 3  # every erase counts; only held ones are revisions

@@ -57,21 +57,33 @@ class EditingAgent:
         return self.tasks[card.key][0]
 
     def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
-        self.card, self.changes = card, dict.fromkeys(KINDS, 0)
+        kb = self.tasks[card.key][1]
+        self.card, self.changes, self.steps = card, dict.fromkeys(KINDS, 0), 0
+        #: The items the card held when the stage began, and the stage's steps until each was revised.
+        self.held = {situation: item.action for situation, item in kb.items.items()}
+        self.revised: dict[str, int] = {}
         if reset_feedback:
-            self.tasks[card.key][1].reset_feedback()
+            kb.reset_feedback()
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         lesson = self.learner.learn(card, variant, it, steps)
+        self.steps += lesson.env_steps
         for kind, items in lesson.changes.items():
             self.changes[kind] += len(items)
+        for item in lesson.changes["erase"]:
+            if item.situation in self.held:
+                self.revised.setdefault(item.situation, self.steps)
         return lesson.env_steps
 
     def stage_info(self) -> dict[str, Any]:
         """The stage's knowledge changes, the items held (on its card and on all) and locality."""
         info: dict[str, Any] = {"items": len(self.tasks[self.card.key][1].items),
                                 "items_held": sum(len(kb.items) for _, kb in self.tasks.values()),
-                                **{f"items_{k}": v for k, v in self.changes.items()}}
+                                **{f"items_{k}": v for k, v in self.changes.items()},
+                                # items held from before the stage that its feedback contradicted, and the
+                                # stage's environment steps until each was erased or replaced
+                                "held_at_start": len(self.held), "revised": len(self.revised),
+                                "steps_to_revise": sorted(self.revised.values())}
         if self.probe:
             info.update(self.probe.measure())
         return info
