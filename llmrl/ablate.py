@@ -374,7 +374,8 @@ def status(results: Path, spec: RunSpec) -> str:
     except (OSError, ValueError):
         return "todo"
     # Records from before card versions existed were written with version 1.
-    if not _same_config(record.get("config"), spec.config) or record.get("card_version", 1) != spec.card_version:
+    same = _same_stream if spec.stream else _same_config
+    if not same(record.get("config"), spec.config) or record.get("card_version", 1) != spec.card_version:
         return "todo"
     return record.get("status", "todo")
 
@@ -390,6 +391,19 @@ def _same_config(recorded: dict | None, wanted: dict[str, Any]) -> bool:
     fields = LoopConfig.model_fields
     return all(recorded[k] == v if k in recorded else (k in fields and v == fields[k].default)
                for k, v in wanted.items())
+
+
+def _same_stream(recorded: dict | None, wanted: dict[str, Any]) -> bool:
+    """The recorded stream config, read with today's StreamConfig (options added since take their defaults,
+    which keep the behaviour from before they existed), equals the wanted one."""
+    from pydantic import ValidationError
+
+    from llmrl.continual.stream import StreamConfig
+
+    try:
+        return recorded is not None and StreamConfig(**recorded).model_dump(mode="json") == wanted
+    except ValidationError:
+        return False
 
 
 def fingerprint(specs: list[RunSpec]) -> str:
