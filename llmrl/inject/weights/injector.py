@@ -71,6 +71,15 @@ class WeightsInjector:
     number of items: its least squares sums over the items, so a fixed λ
     (MEMIT's 15,000) makes an edit of a few items too weak to land and one of
     many items too strong.
+
+    ``null_space`` (MEMIT only) is AlphaEdit's update (Fang et al., ICLR 2025)
+    for sequential editing: instead of weighing the statistics against the new
+    keys, the update is projected onto the null space of the preserved keys
+    (eigenvectors of C whose eigenvalue is below ``null_space_rtol`` times the
+    largest; AlphaEdit's threshold is absolute), so the outputs for those keys
+    do not move, and it also fits the keys of this injector's earlier edits
+    still in force, so that a later edit leaves them in place;
+    ``null_space_l2`` is the ridge term. Undoing an edit forgets its keys.
     """
 
     name: ClassVar[str] = "weights"
@@ -93,6 +102,9 @@ class WeightsInjector:
     essence: str = "When {}, this means"
     corpus: Path | str | None = None
     save_dir: Path | str | None = None
+    null_space: bool = False
+    null_space_rtol: float = 1e-2
+    null_space_l2: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -103,6 +115,14 @@ class WeightsInjector:
             raise UsageError("lr, clamp and mom2_weight_per_item must be > 0; kl_factor and weight_decay >= 0")
         if self.essence.count("{}") != 1:
             raise UsageError(f"essence template {self.essence!r} needs exactly one {{}} for the situation")
+        if self.null_space and self.method != "memit":
+            raise UsageError("null_space projects MEMIT's update; use method: memit")
+        if not 0 < self.null_space_rtol < 1 or self.null_space_l2 <= 0:
+            raise UsageError("0 < null_space_rtol < 1 and null_space_l2 > 0 are required")
+        #: Per layer, Σ k kᵀ over the keys of this injector's edits in force, and the null-space projector
+        #: (null_space only).
+        self._edited: dict[int, torch.Tensor] = {}
+        self._projectors: dict[int, torch.Tensor] = {}
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         """Edit ``policy.lm.model`` in place so that each item's action wins in its situation."""
@@ -117,11 +137,13 @@ class WeightsInjector:
         moments, stats = self.statistics(policy, layout, layers, items)
         stats_seconds = time.perf_counter() - t1
         originals = {layer: layout.projections[layer].weight.detach().clone() for layer in layers}
+        edited_before = dict(self._edited)
 
         def restore() -> None:
             with torch.no_grad():
                 for layer, weight in originals.items():
                     layout.projections[layer].weight.copy_(weight)
+            self._edited = edited_before  # edits are undone newest first, so this is the state before this one
             policy.invalidate()
 
         engine = Engine(model, policy.lm.tokenizer.pad_token_id)
@@ -317,6 +339,27 @@ class WeightsInjector:
         for j, layer in enumerate(layers):
             k, z = (k, z0) if j == 0 else self._keys(engine, layout, groups, layer, top, n)
             resid = (z0 + delta - z) / (len(layers) - j)
+            if self.null_space:
+                layout.add(layer, self._projected(layer, moments[layer], k, resid))
+                continue
             a = self.mom2_weight_per_item * n * moments[layer].double() + k.T @ k
             layout.add(layer, resid.T @ torch.linalg.solve(a, k.T).T)
         return self._report(plans, before, self._after(engine, values, n), delta)
+
+    def _projected(self, layer: int, moments: torch.Tensor, k: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        """AlphaEdit's update ΔW = xᵀ, x = (P (KᵀK + Σ_p) + l2 I)⁻¹ P Kᵀ R, with P the projector onto the null
+        space of the preserved keys' C and Σ_p the earlier edits' keys; x lies in P's range (l2 x equals
+        P times something), so ΔW leaves every key in C's kept directions where it was."""
+        c = moments.double()
+        p = self._projectors.get(layer)
+        if p is None:  # C is the same for every edit of this injector (statistics are per model and layer)
+            values, vectors = torch.linalg.eigh(c)
+            null = vectors[:, values < self.null_space_rtol * values.max()]
+            p = self._projectors[layer] = null @ null.T
+        k = k.double()
+        earlier = self._edited.get(layer, torch.zeros_like(c))
+        a = p @ (k.T @ k + earlier) + self.null_space_l2 * torch.eye(len(c), dtype=c.dtype, device=c.device)
+        x = torch.linalg.solve(a, p @ k.T @ resid.double())
+        self._edited[layer] = earlier + k.T @ k
+        return x.T
+
