@@ -204,13 +204,15 @@ def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
     bad = set(cfg.stream) & STREAM_PER_RUN
     if bad:
         raise UsageError(f"the stream block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
-    others = [s for s in cfg.strategies if BY_NAME[s].kind != "edit"]
+    others = [s for s in cfg.strategies if BY_NAME[s].kind != "edit" and s != "ppo"]
     if others:
-        raise UsageError(f"a stream grid runs edit strategies; {', '.join(others)} cannot be carried through a stream")
+        raise UsageError(f"a stream grid runs edit strategies and ppo; {', '.join(others)} cannot be carried "
+                         "through a stream")
     specs = []
     for strategy in cfg.strategies:
-        for accumulate in cfg.accumulate:
-            for model in cfg.models:
+        ppo = strategy == "ppo"  # no language model, no edits to accumulate: one run per seed
+        for accumulate in ["rebuild"] if ppo else cfg.accumulate:
+            for model in [None] if ppo else cfg.models:
                 for seed in cfg.seed_list():
                     values = {**cfg.stream, "strategy": strategy, "accumulate": accumulate, "seed": seed,
                               "model": model, "device": cfg.device, "dtype": run_dtype(cfg.dtype, cfg.device),
@@ -220,8 +222,8 @@ def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
                     for stage in stream.stages:  # every stage's loop settings resolve before any run starts
                         stream.stage_config(stage)
                     config = stream.model_dump(mode="json")
-                    label = (model or "default").replace("/", "-")
-                    name = "__".join(["stream", strategy, accumulate, f"s{seed}", label])
+                    label = "none" if ppo else (model or "default").replace("/", "-")
+                    name = "__".join(["stream", strategy, *([] if ppo else [accumulate]), f"s{seed}", label])
                     specs.append(RunSpec(short_name(name), "stream", strategy, seed, model, config, stream=True))
     return specs
 
@@ -355,8 +357,8 @@ def _run_stream(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.continual.stream import StreamConfig, run_stream
 
     summary = run_stream(StreamConfig(**{**spec.config, "out": folder}), progress=False)
-    return {"model": summary.model, "runtime": summary.runtime, "env_steps": summary.env_steps,
-            "stream": summary.to_json()}
+    return {"model": None if spec.strategy == "ppo" else summary.model, "runtime": summary.runtime,
+            "env_steps": summary.env_steps, "stream": summary.to_json()}
 
 
 _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {

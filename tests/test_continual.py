@@ -100,7 +100,7 @@ def test_stream_input_errors(tmp_path, capsys):
 
 def grid_file(tmp_path, **changes):
     (tmp_path / "stream.yaml").write_text(yaml.safe_dump({**STREAM, "out": "ignored", "seed": 7}))
-    values = {"stream": "stream.yaml", "strategies": ["context"], "accumulate": ["rebuild", "sequential"],
+    values = {"stream": "stream.yaml", "strategies": ["context", "ppo"], "accumulate": ["rebuild", "sequential"],
               "seeds": 2, "models": ["tiny"], "device": "cpu", "eval_episodes": 2, "eval_max_steps": 25,
               "out": str(tmp_path / "grid"), **changes}
     path = tmp_path / "grid.yaml"
@@ -111,9 +111,12 @@ def grid_file(tmp_path, **changes):
 def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     path = grid_file(tmp_path)
     assert main(["ablate", str(path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] == 4
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] == 6
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "grid" / "runs").glob("*.json")}
-    assert sorted(records) == [f"stream__context__{a}__s{s}__tiny" for a in ("rebuild", "sequential") for s in (0, 1)]
+    assert sorted(records) == ([f"stream__context__{a}__s{s}__tiny" for a in ("rebuild", "sequential") for s in (0, 1)]
+                               + ["stream__ppo__s0__none", "stream__ppo__s1__none"])  # PPO accumulates no edits
+    ppo = records["stream__ppo__s1__none"]
+    assert ppo["model"] is None and ppo["stream"]["accumulate"] == "-" and "runtime" not in ppo
     one = records["stream__context__sequential__s1__tiny"]
     assert one["kind"] == "stream" and one["status"] == "ok" and one["config"]["seed"] == 1  # the grid's, not 7
     assert one["stream"]["accumulate"] == "sequential" and one["config"]["eval_episodes"] == 2
@@ -129,11 +132,11 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     other.write_text(json.dumps(changed))
     assert main(["ablate", str(path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert (summary["skipped"], summary["ran"]) == (3, 1)
+    assert (summary["skipped"], summary["ran"]) == (5, 1)
 
     assert main(["report", str(tmp_path / "grid"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert set(report["groups"]) == {"context/rebuild", "context/sequential"}
+    assert set(report["groups"]) == {"context/rebuild", "context/sequential", "ppo/-"}
     rebuild = [r["stream"] for k, r in records.items() if "__rebuild__" in k]
     scores = [r["matrix"] if report["normalised"] else r["raw_matrix"] for r in rebuild]
     # two runs: nothing is trimmed, so the IQM is the mean of the runs' ACC on the report's matrices
@@ -148,7 +151,7 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
 
 
 def test_stream_grid_errors(tmp_path, capsys):
-    assert "a stream grid runs edit strategies; random" in one_error_line(
+    assert "a stream grid runs edit strategies and ppo; random" in one_error_line(
         capsys, "ablate", str(grid_file(tmp_path, strategies=["random", "context"])), "--dry-run")
     assert "either envs" in one_error_line(
         capsys, "ablate", str(grid_file(tmp_path, envs=["CartPole-v1"])), "--dry-run")

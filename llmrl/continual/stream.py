@@ -132,6 +132,7 @@ class StreamSummary:
     """What a stream ends with; :meth:`to_json` is what ``llmrl continual --json`` prints."""
 
     strategy: str
+    #: ``-`` for PPO, which accumulates no edits.
     accumulate: str
     seed: int
     #: The language model's name, or ``ppo``.
@@ -256,7 +257,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     scaled = all(r is not None and r != low for r, low in zip(reference, random_returns))
     normalised = normalise(raw, random_returns, reference) if scaled else None  # type: ignore[arg-type]
     summary = StreamSummary(
-        strategy=cfg.strategy, accumulate=cfg.accumulate, seed=cfg.seed, model=agent.model, runtime=agent.runtime,
+        strategy=cfg.strategy, accumulate="-" if cfg.strategy == "ppo" else cfg.accumulate, seed=cfg.seed,
+        model=agent.model, runtime=agent.runtime,
         stages=envs, matrix=normalised, raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=totals["insert"], items_modified=totals["modify"], items_erased=totals["erase"],
