@@ -84,6 +84,10 @@ class Lesson:
     edited: bool
 
 
+#: The card key of an edit made of several cards' items.
+JOINT = "*"
+
+
 class Learner:
     """Policies, their knowledge bases and one injector (None: collect knowledge, inject nothing).
 
@@ -97,7 +101,8 @@ class Learner:
 
     ``accumulate`` says how a change of the knowledge reaches the policies:
 
-    - ``rebuild``: undo every edit in force, inject every item held (one edit per card).
+    - ``rebuild``: undo every edit in force, inject every item held: one edit of all cards' items where the
+      injector can make one (``inject_jointly``: weights), else one edit per card, stacked.
     - ``sequential``: the lifelong-editing setting (GRACE, WISE, AlphaEdit): edit on top of the earlier
       edits, with only the new items. An item whose situation got another action is overwritten by the
       new item's edit; an item erased with nothing in its place is taken out by undoing the edits back to
@@ -152,8 +157,13 @@ class Learner:
                 self.replayed += sum(len(items) for items in todo.values())
             todo.setdefault(key, {}).update(
                 {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]})
-        for k, items in todo.items():
-            if items:
+        todo = {k: items for k, items in todo.items() if items}
+        joint = getattr(self.injector, "inject_jointly", None)
+        if self.accumulate == "rebuild" and len(todo) > 1 and joint is not None:
+            # every card's items in one edit (MEMIT solves for all of them at once)
+            self.edits.append((JOINT, joint([(self.tasks[k][0], list(items.values())) for k, items in todo.items()])))
+        else:
+            for k, items in todo.items():
                 self.edits.append((k, self.injector.inject(self.tasks[k][0], list(items.values()))))
         self._invalidate()
 

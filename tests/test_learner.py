@@ -101,3 +101,29 @@ def test_rebuild_keeps_one_edit_of_every_item_held(setup):
 def test_an_unknown_accumulate_mode_is_refused(setup):
     with pytest.raises(UsageError, match="unknown accumulate mode 'stacked'"):
         learner(setup[1], "context", "stacked")
+
+
+def test_rebuild_across_cards_is_one_joint_weights_edit(setup):
+    lm, cartpole, texts = setup
+    card, _ = get_card("LunarLander-v3")
+    lander = make_baseline("zero-shot", card, lm)
+    lander_texts = first_texts_by_situation("LunarLander-v3", 30)
+    situation = max(lander_texts, key=lambda s: len(lander_texts[s]))
+    start = fingerprint(lm.model)
+    probes = {"cartpole": (cartpole, texts[LEFT][:4]), "lander": (lander, lander_texts[situation][:4])}
+    before = {name: policy.scores(t).clone() for name, (policy, t) in probes.items()}
+    kbs = {"CartPole-v1": KnowledgeBase(), "LunarLander-v3": KnowledgeBase()}
+    ln = Learner({"CartPole-v1": (cartpole, kbs["CartPole-v1"]), "LunarLander-v3": (lander, kbs["LunarLander-v3"])},
+                 INJECTORS["weights"](), LoopConfig(env="CartPole-v1", strategy="weights"), "rebuild")
+    a = item(texts, LEFT, "right")
+    b = KnowledgeItem(situation, "main engine", 1.0, 20, examples=lander_texts[situation][:4])
+    kbs["CartPole-v1"].items[LEFT] = a
+    kbs["LunarLander-v3"].items[situation] = b
+    ln.apply("LunarLander-v3", changes(insert=[b]))
+    assert [(k, e.items) for k, e in ln.edits] == [("*", [a, b])]  # one edit, each item in its card's prompt
+    for name, (policy, t) in probes.items():  # both policies see the edited model (their caches were dropped)
+        assert not torch.equal(policy.scores(t), before[name]), name
+    ln.undo_to(0)
+    assert fingerprint(lm.model) == start
+    for name, (policy, t) in probes.items():
+        torch.testing.assert_close(policy.scores(t), before[name], atol=0, rtol=0)

@@ -126,25 +126,38 @@ class WeightsInjector:
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         """Edit ``policy.lm.model`` in place so that each item's action wins in its situation."""
+        return self.inject_jointly([(policy, items)])
+
+    def inject_jointly(self, pairs: list[tuple[LLMPolicy, list[KnowledgeItem]]]) -> Edit:
+        """One edit of several policies' items, the policies on one model (one per card of a stream): each
+        item's prompts are its own policy's, and MEMIT solves for all of them at once."""
         t0 = time.perf_counter()
+        policy, policies = pairs[0][0], list({id(p): p for p, _ in pairs}.values())
+        if any(p.lm.model is not policy.lm.model for p in policies):
+            raise UsageError("a joint edit needs every policy on the same model")
         model = policy.lm.model
         layout = find_layout(model)
         layers = resolve_layers(self.layers, len(layout.blocks), self.method)
+        items = [item for _, its in pairs for item in its]
         if not items:
             raise UsageError("no knowledge items to inject")
-        plans = [self._plan(policy, item) for item in items]
+        plans = [self._plan(p, item) for p, its in pairs for item in its]
         t1 = time.perf_counter()
-        moments, stats = self.statistics(policy, layout, layers, items)
+        moments, stats = self.statistics(policy, layout, layers, pairs[0][1])
         stats_seconds = time.perf_counter() - t1
         originals = {layer: layout.projections[layer].weight.detach().clone() for layer in layers}
         edited_before = dict(self._edited)
+
+        def invalidate() -> None:
+            for p in policies:
+                p.invalidate()
 
         def restore() -> None:
             with torch.no_grad():
                 for layer, weight in originals.items():
                     layout.projections[layer].weight.copy_(weight)
             self._edited = edited_before  # edits are undone newest first, so this is the state before this one
-            policy.invalidate()
+            invalidate()
 
         engine = Engine(model, policy.lm.tokenizer.pad_token_id)
         try:
@@ -154,7 +167,7 @@ class WeightsInjector:
         except BaseException:
             restore()
             raise
-        policy.invalidate()
+        invalidate()
         touched = sum(int((layout.projections[layer].weight != w).sum()) for layer, w in originals.items())
         seconds = time.perf_counter() - t0
         info = {"method": self.method, "layers": layers, "items": report, "stats_seconds": stats_seconds,
