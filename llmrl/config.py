@@ -106,6 +106,8 @@ class LoopConfig(Strict):
     #: Estimate action values from all feedback so far (True) or only the latest iteration's.
     pool: bool = True
     erase_z: float = Field(3.0, ge=0.0)
+    #: Standard errors that suffice to bring back an action the situation held before (None: erase_z).
+    reinstate_z: float | None = Field(None, ge=0.0)
     #: Score actions by n-step returns bootstrapped with the card's potential (sparse-reward
     #: tasks; see Card.potential) instead of Monte-Carlo returns-to-go.
     n_step: int | None = Field(None, ge=1)

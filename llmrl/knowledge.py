@@ -163,6 +163,9 @@ class Extraction:
     pool: bool = True
     #: Standard errors by which new evidence must beat a held item to erase it.
     erase_z: float = 3.0
+    #: Standard errors that suffice to bring back an action this situation held before (an erased item's):
+    #: earlier evidence for it makes a smaller margin believable when a task returns. None: ``erase_z``.
+    reinstate_z: float | None = None
     #: Score actions by potential-bootstrapped n-step returns instead of Monte-Carlo returns.
     n_step: int | None = None
 
@@ -198,6 +201,11 @@ class KnowledgeBase:
         for situation, by_action in sorted(values.items()):
             held = self.items.get(situation)
             found = self.best(by_action, s.z if held is None else s.erase_z)
+            if found is None and held is not None and s.reinstate_z is not None:
+                found = self.best(by_action, s.reinstate_z)
+                if found is not None and not any(e.situation == situation and e.action == found[0]
+                                                 for e in self.erased):
+                    found = None  # only an action held before comes back on the smaller margin
             if found is None or situation not in texts:
                 continue
             action, gap, _ = found

@@ -157,3 +157,26 @@ def test_the_loop_config_sets_every_extraction_threshold_with_the_same_defaults(
 
     for f in fields(Extraction):
         assert LoopConfig.model_fields[f.name].default == f.default, f.name
+
+
+def test_an_action_held_before_comes_back_on_the_reinstate_margin():
+    def run(reinstate_z):
+        rng = np.random.default_rng(5)
+        kb = KnowledgeBase(Extraction(gamma=0.9, min_support=5, pool=False, erase_z=6.0, reinstate_z=reinstate_z))
+        kb.update(bandit(rng, "s", [0.0, 2.0], 40), Prefers({"s": [0.9, 0.1]}), iteration=1)  # right
+        kb.update(bandit(rng, "s", [4.0, 0.0], 200), Prefers({"s": [0.1, 0.9]}), iteration=2)  # left, by far
+        assert kb.items["s"].action == "left" and kb.erased[-1].action == "right"
+        # the task returns: right is better again, by 4.8 standard errors: above 2, below erase_z's 6
+        kb.update(bandit(np.random.default_rng(5), "s", [0.0, 0.6], 40), Prefers({"s": [0.9, 0.1]}), iteration=3)
+        return kb.items["s"].action
+
+    assert run(None) == "left"  # erase_z alone: the margin is too small to replace the held item
+    assert run(2.0) == "right"  # right was held before: reinstated
+
+
+def test_the_reinstate_margin_is_only_for_actions_held_before():
+    rng = np.random.default_rng(6)
+    kb = KnowledgeBase(Extraction(gamma=0.9, min_support=5, pool=False, erase_z=6.0, reinstate_z=0.5))
+    kb.update(bandit(rng, "s", [0.0, 2.0], 40), Prefers({"s": [0.9, 0.1]}), iteration=1)  # right, never erased
+    kb.update(bandit(rng, "s", [0.6, 0.0], 40), Prefers({"s": [0.1, 0.9]}), iteration=2)
+    assert kb.items["s"].action == "right" and not kb.erased
