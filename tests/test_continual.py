@@ -65,11 +65,16 @@ ACROSS = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},
           {"env": "LunarLander-v3", "iterations": 2, "steps_per_iteration": 96}]
 
 
-@pytest.mark.parametrize("accumulate", ["rebuild", "sequential"])
-def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, accumulate):
-    path = stream_file(tmp_path, stages=ACROSS, strategy="weights", accumulate=accumulate, target={},
-                       strategy_options={"steps": 2, "stats_tokens": 128, "stats_prompts": 4},
-                       loop={**STREAM["loop"], "z": 0.1})
+OPTIONS = {"weights": {"steps": 2, "stats_tokens": 128, "stats_prompts": 4}, "adapter": {"steps": 2},
+           "context": {}}
+
+
+@pytest.mark.parametrize(("strategy", "accumulate"), [("weights", "rebuild"), ("weights", "sequential"),
+                                                      ("adapter", "rebuild"), ("adapter", "sequential"),
+                                                      ("context", "sequential")])
+def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, strategy, accumulate):
+    path = stream_file(tmp_path, stages=ACROSS, strategy=strategy, accumulate=accumulate, target={},
+                       strategy_options=OPTIONS[strategy], loop={**STREAM["loop"], "z": 0.1})
     assert main(["continual", str(path), "--json"]) == 0
     got = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert got["stages"] == ["CartPole-v1", "LunarLander-v3"] and len(got["raw_matrix"]) == 3

@@ -321,7 +321,8 @@ class AdapterInjector:
         """
         t0 = time.perf_counter()
         model = policy.lm.model
-        live = self._live if self._live is not None and self._live.attached and self._live.policy is policy else None
+        live = self._live if (self._live is not None and self._live.attached
+                              and self._live.policy.lm.model is policy.lm.model) else None  # another card's, too
         if live is None and any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
         if policy.prompt.reasoning:
