@@ -86,6 +86,8 @@ def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_pat
 
 
 def test_stream_input_errors(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert "cannot use" in one_error_line(capsys, "continual", str(stream_file(tmp_path, out=str(tmp_path / "file"))))
     assert "stage CartPole-v1: its loop block may not set seed" in one_error_line(
         capsys, "continual", str(stream_file(tmp_path, stages=[{**STREAM["stages"][0], "loop": {"seed": 1}}])))
     assert "bad stream stage CartPole-v1: gamma" in one_error_line(
