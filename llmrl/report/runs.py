@@ -61,13 +61,18 @@ def load_runs(results_dir: Path, reference_scores: dict[str, tuple[float, float]
     for path in paths:
         record = read_record(path)
         if not record.ok:
-            lines = [ln for ln in (record.error or "").splitlines() if ln.strip()]
-            failed.append((record.run_id, lines[-1].strip() if lines else "(no error text)"))
+            failed.append((record.run_id, last_error_line(record.error)))
             continue
         if not record.curve or record.final_mean_return is None or record.env_steps is None:
             raise UsageError(f"{path}: a finished run record needs curve, final_mean_return and env_steps")
         runs.append(_parse_run(record, reference_scores))
     return runs, failed
+
+
+def last_error_line(error: str | None) -> str:
+    """The line of a failed run's traceback that says what went wrong."""
+    lines = [ln for ln in (error or "").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no error text)"
 
 
 def _parse_run(record: RunRecord, reference_scores: dict[str, tuple[float, float]]) -> Run:

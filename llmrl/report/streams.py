@@ -17,6 +17,7 @@ from llmrl.continual.metrics import stream_metrics
 from llmrl.errors import UsageError
 from llmrl.record import RunRecord
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, count, num, slug
+from llmrl.report.runs import last_error_line
 from llmrl.report.stats import BOOTSTRAP_REPS, BOOTSTRAP_SEED, MIN_RUNS_FOR_IQM, iqm_ci
 from llmrl.strategies import order
 
@@ -82,7 +83,7 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
         blocks.append(figures[-1])
     if failed:
         blocks += [Heading(2, "Failed runs (excluded)"),
-                   Bullets([f"{r.run_id}: {_last_line(r.error)}" for r in failed])]
+                   Bullets([f"{r.run_id}: {last_error_line(r.error)}" for r in failed])]
     return blocks, figures, data
 
 
@@ -117,8 +118,3 @@ def _interval(cell: tuple[float, float, float] | None) -> str:
         return "-"
     iqm, lo, hi = cell
     return f"{num(iqm)} [{num(lo)}, {num(hi)}]"
-
-
-def _last_line(error: str | None) -> str:
-    lines = [ln for ln in (error or "").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "(no error text)"
