@@ -205,6 +205,28 @@ def test_a_second_inject_trains_the_same_adapter_further_another_injector_is_ref
     injector.inject(policy, ITEMS[:1]).undo()
 
 
+def test_training_further_holds_the_earlier_items_choices(tokenizer):
+    """Sequential editing: with ``keep_weight`` the earlier item's choice moves far less than without it
+    (Learning without Forgetting), and undoing the further training forgets what it was trained on."""
+    def drift(keep_weight: float) -> tuple[float, AdapterInjector]:
+        policy = make_policy(tokenizer)
+        injector = AdapterInjector(**{**LEARN, "steps": 30, "keep_weight": keep_weight})
+        injector.inject(policy, ITEMS[:1])
+        was = torch.log_softmax(policy.scores(ITEMS[0].examples), -1)
+        more = injector.inject(policy, ITEMS[1:2])
+        now = torch.log_softmax(policy.scores(ITEMS[0].examples), -1)
+        assert more.info["kept_items"] == (1 if keep_weight else 0)
+        assert [i.situation for _, i in injector._live.trained] == [ITEMS[0].situation, ITEMS[1].situation]
+        more.undo()
+        assert [i for _, i in injector._live.trained] == ITEMS[:1]
+        return float((was.exp() * (was - now)).sum(-1).mean()), injector
+
+    naive, _ = drift(0.0)
+    held, injector = drift(10.0)
+    assert naive > 0.05, naive  # training on the new item alone moves the earlier one
+    assert held < naive / 3, (held, naive)
+
+
 def test_failed_training_leaves_the_model_as_it_was(tokenizer, monkeypatch):
     policy = make_policy(tokenizer)
     before, shape = digest(policy.lm.model), structure(policy.lm.model)

@@ -37,9 +37,10 @@ Life cycle: ``inject`` returns an :class:`~llmrl.inject.Edit` whose
 ``undo`` removes the adapter and leaves the model bit-exactly as it was, even
 after a merge: ``merge`` keeps a copy of every weight it changes and removal
 writes that copy back, rather than subtracting the low-rank product (which
-rounds). One adapter per model: ``inject`` refuses a model that already
-carries peft layers, so the caller undoes the previous edit first (the loop
-does) and every inject trains a fresh adapter on all items in force.
+rounds). One adapter per model: ``inject`` refuses a model that carries
+another's peft layers. On a model that carries this injector's own live
+adapter, it trains that adapter further (sequential editing), holding the
+earlier items' choices with ``keep_weight``; undo restores the adapter's weights.
 """
 
 from __future__ import annotations
@@ -176,6 +177,21 @@ def row_losses(logprobs: torch.Tensor, targets: torch.Tensor, enc: Encoded, obje
     return -logprobs.gather(1, targets.unsqueeze(1)).squeeze(1) / lengths[targets]
 
 
+def choice_logprobs(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
+    """The policy's choice among the actions, as log-probabilities, from summed action log-probabilities."""
+    return torch.log_softmax(scores.float() / enc.norms.to(scores.device), -1)
+
+
+@dataclass
+class Kept:
+    """Earlier items of one policy that further training must not change: their choices before it."""
+
+    enc: Encoded
+    #: Per item, [examples, actions] log-probabilities of the choice before this edit.
+    choices: list[torch.Tensor]
+    batches: Iterator[list[tuple[int, int]]]
+
+
 def locality_texts(prompts: list[str], tokenizer) -> list[str]:
     """The prompts as plain text and, with a chat template, also as a user turn awaiting the answer.
 
@@ -221,6 +237,9 @@ class AdapterHandle:
         self._backup: dict[LoraLayer, torch.Tensor] = {}
         self.enabled = True
         self.attached = True
+        #: What the adapter was trained to do: (policy, item) pairs, an item dropped when a later one of
+        #: its policy and situation supersedes it.
+        self.trained: list[tuple[LLMPolicy, KnowledgeItem]] = []
 
     @property
     def merged(self) -> bool:
@@ -282,6 +301,10 @@ class AdapterInjector:
     split (``llmrl.metrics.locality_prompts("train")``, never the held-out prompts the locality metric
     uses), ``locality_batch`` of them per step.
     ``save_dir``: where peft writes the adapter (safetensors) after training.
+    ``keep_weight``: when the live adapter is trained further on new items (sequential editing), this
+    weight times the KL(before || now) of the action choice on the examples of the items it was
+    trained on earlier, as Learning without Forgetting (Li & Hoiem, ECCV 2016) holds old tasks' outputs.
+    Without it (0), training on one new CartPole item flips the item learned before it.
     """
 
     name = "adapter"
@@ -291,11 +314,12 @@ class AdapterInjector:
                  objective: Literal["choice", "lm"] = "choice", steps: int = 40, lr: float = 2e-3,
                  batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
                  locality_weight: float = 1.0, locality_prompts: list[str] | None = None, locality_batch: int = 4,
-                 seed: int = 0, save_dir: Path | str | None = None):
+                 seed: int = 0, save_dir: Path | str | None = None, keep_weight: float = 1.0):
         if rank < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
             raise ValueError("rank, steps, batch_size and locality_batch must be >= 1 and lr > 0")
-        if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss) < 0:
-            raise ValueError("0 <= dropout < 1 and answer_weight, locality_weight, stop_loss >= 0 are required")
+        if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss, keep_weight) < 0:
+            raise ValueError("0 <= dropout < 1 and answer_weight, locality_weight, stop_loss, keep_weight >= 0 "
+                             "are required")
         if objective not in OBJECTIVES:
             raise ValueError(f"bad objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
@@ -303,7 +327,7 @@ class AdapterInjector:
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
         self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
         self.locality_prompts = list(locality_prompts or shipped_locality_prompts("train"))
-        self.seed = seed
+        self.seed, self.keep_weight = seed, keep_weight
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
 
@@ -354,6 +378,7 @@ class AdapterInjector:
         model.train(training)
         policy.invalidate()
         self._live = handle
+        handle.trained = [(policy, i) for i in items]
         info = {"rank": self.rank, "objective": self.objective, **final,
                 "target_modules": sorted(peft_model.peft_config["default"].target_modules), "adapter": handle}
         if self.save_dir is not None:
@@ -369,18 +394,22 @@ class AdapterInjector:
         model = policy.lm.model
         params = lora_parameters(model)
         before = [p.detach().clone() for p in params]
-        training = model.training
+        training, trained = model.training, live.trained
+        new = {i.situation for i in items}
+        earlier = [(p, i) for p, i in trained if not (p is policy and i.situation in new)]
+        keep = self._kept(engine, earlier) if self.keep_weight > 0 else []
 
         def restore() -> None:
             with torch.no_grad():
                 for p, b in zip(params, before):
                     p.copy_(b)
+            live.trained = trained
             policy.invalidate()
 
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                final = self._train(policy, engine, live.peft_model, enc, reference)
+                final = self._train(policy, engine, live.peft_model, enc, reference, keep)
             if self.save_dir is not None:
                 live.peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
         except BaseException:
@@ -389,7 +418,9 @@ class AdapterInjector:
         finally:
             model.train(training)
         policy.invalidate()
-        info = {"rank": self.rank, "objective": self.objective, **final, "continued": True, "adapter": live}
+        live.trained = earlier + [(policy, i) for i in items]
+        info = {"rank": self.rank, "objective": self.objective, **final, "continued": True,
+                "kept_items": sum(len(k.choices) for k in keep), "adapter": live}
         return Edit("adapter", list(items), time.perf_counter() - t0, sum(p.numel() for p in params), restore,
                     info=info)
 
@@ -405,9 +436,32 @@ class AdapterInjector:
             out.append(lump_actions(torch.cat(parts), enc.actions))
         return out
 
+    @torch.no_grad()
+    def _kept(self, engine: Engine, earlier: list[tuple[LLMPolicy, KnowledgeItem]], chunk: int = 16) -> list[Kept]:
+        """Per policy, its earlier items' examples and the live adapter's choice on each, to hold."""
+        groups: dict[int, tuple[LLMPolicy, list[KnowledgeItem]]] = {}
+        for policy, item in earlier:
+            if item.examples:
+                groups.setdefault(id(policy), (policy, []))[1].append(item)
+        kept = []
+        for n, (policy, items) in enumerate(groups.values()):
+            enc = encode(policy, items)
+            choices = []
+            for suffixes in enc.suffixes:
+                scores = torch.cat([action_logprobs(engine, enc, suffixes[i:i + chunk])[0]
+                                    for i in range(0, len(suffixes), chunk)])
+                choices.append(choice_logprobs(scores, enc))
+            batches = balanced_batches([len(s) for s in enc.suffixes], max(self.batch_size, len(items)),
+                                       torch.Generator().manual_seed(self.seed + 2 + n))
+            kept.append(Kept(enc, choices, batches))
+        return kept
+
     def _train(self, policy: LLMPolicy, engine: Engine, peft_model: PeftModel, enc: Encoded,
-               reference: list[torch.Tensor]) -> dict[str, float | int]:
+               reference: list[torch.Tensor], keep: list[Kept] = ()) -> dict[str, float | int]:
         """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
+
+        With ``keep``, each step also holds one group's earlier choices (groups in turn), and training
+        stops early only once that term, too, is below ``stop_loss``.
 
         The base model runs in eval mode (its own dropout off), the LoRA dropout
         in train mode; the caller puts the model back in its own mode afterwards.
@@ -422,7 +476,7 @@ class AdapterInjector:
         for layer in peft_model.modules():
             if isinstance(layer, LoraLayer):
                 layer.lora_dropout.train()
-        loss = answer_kl = kl = torch.zeros(())
+        loss = answer_kl = kl = keep_kl = torch.zeros(())
         step = 0
         for step in range(1, self.steps + 1):
             batch = next(batches)
@@ -436,13 +490,20 @@ class AdapterInjector:
             if self.locality_weight > 0:
                 pick = torch.randperm(len(local), generator=local_gen)[: self.locality_batch].tolist()
                 kl = locality_kl(peft_model, [local[i] for i in pick], pad)
+            if keep:
+                group = keep[(step - 1) % len(keep)]
+                pairs = next(group.batches)
+                now, _ = action_logprobs(engine, group.enc, [group.enc.suffixes[i][e] for i, e in pairs])
+                was = torch.stack([group.choices[i][e] for i, e in pairs]).to(now.device)
+                keep_kl = kl_rows(was, choice_logprobs(now, group.enc)).mean()
             opt.zero_grad(set_to_none=True)
-            (loss + self.answer_weight * answer_kl + self.locality_weight * kl).backward()
+            (loss + self.answer_weight * answer_kl + self.locality_weight * kl + self.keep_weight * keep_kl).backward()
             opt.step()
-            if float(losses.detach().max()) < self.stop_loss:
+            if max(float(losses.detach().max()), float(keep_kl.detach())) < self.stop_loss:
                 break
-        return {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
-                "final_locality_kl": float(kl.detach())}
+        final = {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
+                 "final_locality_kl": float(kl.detach())}
+        return final | ({"final_keep_kl": float(keep_kl.detach())} if keep else {})
 
 
 def _prefix(engine: Engine, enc: Encoded) -> Batch | None:
