@@ -42,7 +42,8 @@ WORDS = ["push left", "no push", "push right"]
 #: Enough training for the random tiny model to learn the items: it needs its attention adapted to
 #: tell the situations apart, and its output layer gives logits too flat to lift one action while
 #: keeping the action words' total probability, so that term is off.
-LEARN = dict(steps=100, lr=1e-2, answer_weight=0.0, locality_weight=0.0,
+#: Every example is trained on (no holdout): these tests check that the items' own examples are learned.
+LEARN = dict(steps=100, lr=1e-2, answer_weight=0.0, locality_weight=0.0, holdout=0,
              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 #: A few steps with every loss term: enough to change the scores, for the tests of the mechanics.
 QUICK = dict(steps=4, lr=1e-2)
@@ -225,6 +226,38 @@ def test_training_further_holds_the_earlier_items_choices(tokenizer):
     held, injector = drift(10.0)
     assert naive > 0.05, naive  # training on the new item alone moves the earlier one
     assert held < naive / 3, (held, naive)
+
+
+def test_held_out_examples_are_not_trained_on_and_decide_when_to_stop(tokenizer, monkeypatch):
+    """Every ``holdout``-th example of an item that has that many is kept out of the training batches;
+    training stops early only when the held-out examples' loss, too, is below ``stop_loss``."""
+    policy = make_policy(tokenizer)
+    enc = encode(policy, ITEMS)  # 5, 3 and 4 examples
+    train, held = AdapterInjector(holdout=2)._split(enc)
+    assert held == [(0, 1), (0, 3), (1, 1), (2, 1), (2, 3)]
+    assert train == [[0, 2, 4], [0, 2], [0, 2]]
+    assert AdapterInjector(holdout=0)._split(enc) == ([[0, 1, 2, 3, 4], [0, 1, 2], [0, 1, 2, 3]], [])
+    seen: list[tuple[int, int]] = []
+    real = balanced_batches
+
+    def spy(counts, size, gen):
+        for batch in real(counts, size, gen):
+            seen.extend(batch)
+            yield batch
+
+    monkeypatch.setattr("llmrl.inject.adapter.balanced_batches", spy)
+    # a stop_loss every batch meets: only the held-out examples can keep training going
+    monkeypatch.setattr(AdapterInjector, "_held_loss", lambda *a: float("inf"))
+    edit = AdapterInjector(**{**QUICK, "stop_loss": 1e9, "holdout": 2}).inject(policy, ITEMS)
+    assert edit.info["steps"] == QUICK["steps"]
+    assert {(i, train[i][k]) for i, k in seen}.isdisjoint(held)
+    edit.undo()
+    monkeypatch.setattr(AdapterInjector, "_held_loss", lambda *a: 0.0)
+    edit = AdapterInjector(**{**QUICK, "stop_loss": 1e9, "holdout": 2}).inject(policy, ITEMS)
+    assert edit.info["steps"] == 1
+    edit.undo()
+    with pytest.raises(ValueError, match="holdout"):
+        AdapterInjector(holdout=1)
 
 
 def test_failed_training_leaves_the_model_as_it_was(tokenizer, monkeypatch):

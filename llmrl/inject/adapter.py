@@ -305,6 +305,10 @@ class AdapterInjector:
     weight times the KL(before || now) of the action choice on the examples of the items it was
     trained on earlier, as Learning without Forgetting (Li & Hoiem, ECCV 2016) holds old tasks' outputs.
     Without it (0), training on one new CartPole item flips the item learned before it.
+    ``holdout``: every ``holdout``-th example of an item with at least that many is kept out of training;
+    training stops early only once those, too, are below ``stop_loss`` (0: judge by the training batch
+    alone). An item against the model's prior (a mirrored control) fits its training examples long
+    before it holds on observations it was not trained on.
     """
 
     name = "adapter"
@@ -314,7 +318,10 @@ class AdapterInjector:
                  objective: Literal["choice", "lm"] = "choice", steps: int = 40, lr: float = 2e-3,
                  batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
                  locality_weight: float = 1.0, locality_prompts: list[str] | None = None, locality_batch: int = 4,
-                 seed: int = 0, save_dir: Path | str | None = None, keep_weight: float = 1.0):
+                 seed: int = 0, save_dir: Path | str | None = None, keep_weight: float = 1.0,
+                 holdout: int = 4):
+        if holdout < 0 or holdout == 1:
+            raise ValueError("holdout must be 0 (off) or at least 2")
         if rank < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
             raise ValueError("rank, steps, batch_size and locality_batch must be >= 1 and lr > 0")
         if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss, keep_weight) < 0:
@@ -327,7 +334,7 @@ class AdapterInjector:
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
         self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
         self.locality_prompts = list(locality_prompts or shipped_locality_prompts("train"))
-        self.seed, self.keep_weight = seed, keep_weight
+        self.seed, self.keep_weight, self.holdout = seed, keep_weight, holdout
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
 
@@ -436,6 +443,25 @@ class AdapterInjector:
             out.append(lump_actions(torch.cat(parts), enc.actions))
         return out
 
+    def _split(self, enc: Encoded) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        """Per item, the examples to train on; and the (item, example) pairs held out to decide when to stop."""
+        every = self.holdout
+        held = [(i, e) for i, rows in enumerate(enc.suffixes) if every and len(rows) >= every
+                for e in range(every - 1, len(rows), every)]
+        out = set(held)
+        return [[e for e in range(len(rows)) if (i, e) not in out] for i, rows in enumerate(enc.suffixes)], held
+
+    @torch.no_grad()
+    def _held_loss(self, engine: Engine, enc: Encoded, held: list[tuple[int, int]], chunk: int = 16) -> float:
+        """The largest action loss among the held-out examples."""
+        worst = 0.0
+        for n in range(0, len(held), chunk):
+            rows = held[n:n + chunk]
+            scores, _ = action_logprobs(engine, enc, [enc.suffixes[i][e] for i, e in rows])
+            targets = torch.tensor([enc.targets[i] for i, _ in rows], device=scores.device)
+            worst = max(worst, float(row_losses(scores, targets, enc, self.objective).max()))
+        return worst
+
     @torch.no_grad()
     def _kept(self, engine: Engine, earlier: list[tuple[LLMPolicy, KnowledgeItem]], chunk: int = 16) -> list[Kept]:
         """Per policy, its earlier items' examples and the live adapter's choice on each, to hold."""
@@ -467,8 +493,9 @@ class AdapterInjector:
         in train mode; the caller puts the model back in its own mode afterwards.
         """
         model, tok, pad = policy.lm.model, policy.lm.tokenizer, _pad(policy)
-        batches = balanced_batches([len(s) for s in enc.suffixes], max(self.batch_size, len(enc.suffixes)),
-                                   torch.Generator().manual_seed(self.seed))
+        train, held = self._split(enc)
+        batches = ([(i, train[i][e]) for i, e in b] for b in balanced_batches(
+            [len(t) for t in train], max(self.batch_size, len(enc.suffixes)), torch.Generator().manual_seed(self.seed)))
         local = [tok(t, add_special_tokens=False).input_ids for t in locality_texts(self.locality_prompts, tok)]
         local_gen = torch.Generator().manual_seed(self.seed + 1)
         opt = torch.optim.AdamW(lora_parameters(model), lr=self.lr, weight_decay=0.0)
@@ -499,7 +526,8 @@ class AdapterInjector:
             opt.zero_grad(set_to_none=True)
             (loss + self.answer_weight * answer_kl + self.locality_weight * kl + self.keep_weight * keep_kl).backward()
             opt.step()
-            if max(float(losses.detach().max()), float(keep_kl.detach())) < self.stop_loss:
+            if max(float(losses.detach().max()), float(keep_kl.detach())) < self.stop_loss and (
+                    not held or self._held_loss(engine, enc, held) < self.stop_loss):
                 break
         final = {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
                  "final_locality_kl": float(kl.detach())}
