@@ -245,7 +245,7 @@ def test_held_out_examples_are_not_trained_on_and_decide_when_to_stop(tokenizer,
             seen.extend(batch)
             yield batch
 
-    monkeypatch.setattr("llmrl.inject.adapter.balanced_batches", spy)
+    monkeypatch.setattr("llmrl.inject.adapter.injector.balanced_batches", spy)
     # a stop_loss every batch meets: only the held-out examples can keep training going
     monkeypatch.setattr(AdapterInjector, "_held_loss", lambda *a: float("inf"))
     edit = AdapterInjector(**{**QUICK, "stop_loss": 1e9, "holdout": 2}).inject(policy, ITEMS)

@@ -1,65 +1,34 @@
-"""Adapter strategy (association phase): knowledge as a LoRA adapter trained on the items' observations.
-
-Like LoRA-based editors (T-Patcher, MELO), the base weights stay as they are:
-peft wraps the MLP layers of ``policy.lm.model`` in place, so the very model
-object the policy calls gains a low-rank branch that can be switched off,
-merged into the weights, saved and removed.
-
-The adapter is trained on ``policy.decision_prompt(text)`` for every example
-text of every item, items taken in turn so each counts the same whatever its
-number of examples. The loss has three terms:
-
-- on the action tokens, one of two objectives. ``choice`` (default) is the
-  cross-entropy over the action words, each scored exactly as the policy
-  scores it, so only the *relative* preference among the actions is trained.
-  ``lm`` is the plain cross-entropy of the item's action tokens, which must
-  also lift the action word's absolute probability: on SmolLM2-135M that
-  starts near 0.003, and lifting it teaches "answer with an action word" to
-  every chat prompt (next-token KL on other environments' decision prompts:
-  9 nats, against 0.04 for ``choice``);
-- ``answer_weight`` times the KL(frozen || adapted) of the next-token
-  distribution where the answer starts, on the training prompts themselves,
-  with the action words' first tokens merged into one outcome: the choice
-  among the actions is free to move, the rest of the distribution (how likely
-  an action word is at all, what else the model would say) is held;
-- ``locality_weight`` times the next-token KL(frozen || adapted) at every
-  position of unrelated prompts, taken as plain text and, with a chat
-  template, as a user turn awaiting the answer, where the policy reads. The
-  frozen reference is the same model with the adapter switched off.
-
-Speed: every decision prompt starts with the policy's prefix (chat template
-and instructions), so each step runs it once, with gradients, and repeats its
-KV cache over the batch; only the answer positions get logits. Training stops
-once every row of a step's batch has an action loss below ``stop_loss``.
-
-Life cycle: ``inject`` returns an :class:`~llmrl.inject.Edit` whose
-``info["adapter"]`` is an :class:`AdapterHandle` (switch on/off, merge).
-``undo`` removes the adapter and leaves the model bit-exactly as it was, even
-after a merge: ``merge`` keeps a copy of every weight it changes and removal
-writes that copy back, rather than subtracting the low-rank product (which
-rounds). One adapter per model: ``inject`` refuses a model that carries
-another's peft layers. On a model that carries this injector's own live
-adapter, it trains that adapter further (sequential editing), holding the
-earlier items' choices with ``keep_weight``; undo restores the adapter's weights.
-"""
+"""The live adapter (:class:`AdapterHandle`) and the injector that trains it (:class:`AdapterInjector`)."""
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers.pytorch_utils import Conv1D
 
-from llmrl.engine import Batch, Engine
+from llmrl.engine import Engine
 from llmrl.inject import Edit
+from llmrl.inject.adapter.objective import (
+    Encoded,
+    Kept,
+    action_logprobs,
+    balanced_batches,
+    choice_logprobs,
+    encode,
+    kl_rows,
+    locality_kl,
+    locality_texts,
+    lump_actions,
+    prefix_batch,
+    row_losses,
+)
 from llmrl.knowledge import KnowledgeItem
 from llmrl.metrics import locality_prompts as shipped_locality_prompts
 from llmrl.policy import LLMPolicy
@@ -74,6 +43,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 
 OBJECTIVES = ("choice", "lm")
 
+
 def default_target_modules(model: torch.nn.Module) -> list[str]:
     """The MLP layers of the first layout in :data:`LAYOUTS` that the model has."""
     names = [name for name, _ in model.named_modules()]
@@ -82,138 +52,6 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
         if present:
             return present
     raise ValueError(f"no known layer names in {type(model).__name__}; pass target_modules")
-
-
-# -- training data -----------------------------------------------------------------------------
-
-
-@dataclass
-class Encoded:
-    """The items as token ids: what every decision prompt shares, and what differs."""
-
-    #: Tokens at the start of every decision prompt, run once per step.
-    prefix: list[int]
-    #: Per item, the rest of each example's decision prompt.
-    suffixes: list[list[list[int]]]
-    #: Tokens of every action word's answer, in the policy's action order.
-    actions: list[list[int]]
-    #: Per item, the index of its action.
-    targets: list[int]
-    #: What the policy divides each action's summed log-probability by.
-    norms: torch.Tensor
-
-
-def encode(policy: LLMPolicy, items: list[KnowledgeItem]) -> Encoded:
-    """Tokenise the items' decision prompts and the policy's action answers.
-
-    Answers are tokenised on their own, as the policy scores them. The shared
-    prefix is measured on the token ids rather than assumed, and stops one
-    token short of the shortest prompt so every row has a position to predict from.
-    """
-    words = policy.action_words
-    unknown = sorted({i.action for i in items} - set(words))
-    if unknown:
-        raise ValueError(f"item actions {unknown} are not among the policy's action words {words}")
-    tok = policy.lm.tokenizer
-    prompts = [[tok(policy.decision_prompt(t), add_special_tokens=False).input_ids for t in item.examples]
-               for item in items]
-    flat = [p for rows in prompts for p in rows]
-    shared = min(len(p) for p in flat) - 1
-    for p in flat[1:]:
-        shared = next((i for i, (a, b) in enumerate(zip(flat[0][:shared], p)) if a != b), shared)
-    actions = [tok(policy.answer_text(w), add_special_tokens=False).input_ids for w in words]
-    norms = {"word": [len(w.split()) for w in words], "token": [len(a) for a in actions],
-             "sum": [1] * len(words)}[policy.normalization]
-    return Encoded(flat[0][:shared], [[p[shared:] for p in rows] for rows in prompts], actions,
-                   [words.index(i.action) for i in items], torch.tensor(norms, dtype=torch.float32))
-
-
-def balanced_batches(counts: list[int], batch_size: int, gen: torch.Generator) -> Iterator[list[tuple[int, int]]]:
-    """Endless batches of (item, example) that take the items in turn, so each counts the same.
-
-    Within an item, examples come in shuffled passes, so all are seen equally often.
-    """
-    queues: list[list[int]] = [[] for _ in counts]
-    turn = 0
-    while True:
-        batch = []
-        for _ in range(batch_size):
-            item = turn % len(counts)
-            turn += 1
-            if not queues[item]:
-                queues[item] = torch.randperm(counts[item], generator=gen).tolist()
-            batch.append((item, queues[item].pop()))
-        yield batch
-
-
-# -- the training objective ----------------------------------------------------------------
-
-
-def action_logprobs(engine: Engine, enc: Encoded, suffixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of every action after each suffix, [rows, actions], and the answer
-    position's next-token log-probabilities: the policy's own scoring (the engine's), with gradients."""
-    last, batch = engine.answer(_prefix(engine, enc), suffixes)
-    first = torch.log_softmax(last, -1)
-    return engine.action_logprobs(batch, first, enc.actions), first
-
-
-def lump_actions(logp: torch.Tensor, actions: list[list[int]]) -> torch.Tensor:
-    """Log-probabilities with the actions' first tokens merged into one outcome, "some action"."""
-    keep = torch.ones(logp.shape[-1], dtype=torch.bool, device=logp.device)
-    keep[[a[0] for a in actions]] = False
-    return torch.cat([logp[:, keep], torch.logsumexp(logp[:, ~keep], -1, keepdim=True)], dim=-1)
-
-
-def kl_rows(ref: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
-    """KL(ref || cur) along the last dimension, from log-probabilities."""
-    return (ref.exp() * (ref - cur)).sum(-1)
-
-
-def row_losses(logprobs: torch.Tensor, targets: torch.Tensor, enc: Encoded, objective: str) -> torch.Tensor:
-    """Per-row loss: CE over the policy's normalised action scores (choice) or of the target's tokens (lm)."""
-    if objective == "choice":
-        return F.cross_entropy(logprobs / enc.norms.to(logprobs.device), targets, reduction="none")
-    lengths = torch.tensor([len(a) for a in enc.actions], device=logprobs.device)
-    return -logprobs.gather(1, targets.unsqueeze(1)).squeeze(1) / lengths[targets]
-
-
-def choice_logprobs(scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
-    """The policy's choice among the actions, as log-probabilities, from summed action log-probabilities."""
-    return torch.log_softmax(scores.float() / enc.norms.to(scores.device), -1)
-
-
-@dataclass
-class Kept:
-    """Earlier items of one policy that further training must not change: their choices before it."""
-
-    enc: Encoded
-    #: Per item, [examples, actions] log-probabilities of the choice before this edit.
-    choices: list[torch.Tensor]
-    batches: Iterator[list[tuple[int, int]]]
-
-
-def locality_texts(prompts: list[str], tokenizer) -> list[str]:
-    """The prompts as plain text and, with a chat template, also as a user turn awaiting the answer.
-
-    The policy reads chat turns and answers right after them, so that is where
-    an adapter would most easily change every task at once.
-    """
-    if not tokenizer.chat_template:
-        return list(prompts)
-    return list(prompts) + [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                          add_generation_prompt=True) for p in prompts]
-
-
-def locality_kl(peft_model: PeftModel, seqs: list[list[int]], pad: int) -> torch.Tensor:
-    """Mean next-token KL(frozen || adapted) over every real position of the token sequences."""
-    dev = next(peft_model.parameters()).device
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-    with torch.no_grad(), peft_model.disable_adapter():
-        ref = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    cur = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    return (kl_rows(ref, cur) * mask).sum() / mask.sum()
 
 
 def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -435,7 +273,7 @@ class AdapterInjector:
     @torch.no_grad()
     def _reference(engine: Engine, enc: Encoded, chunk: int = 16) -> list[torch.Tensor]:
         """Per item, the untouched model's lumped answer-position log-probabilities of each example."""
-        prefix = _prefix(engine, enc)
+        prefix = prefix_batch(engine, enc)
         out = []
         for suffixes in enc.suffixes:
             parts = [torch.log_softmax(engine.answer(prefix, suffixes[i:i + chunk])[0], -1)
@@ -532,11 +370,6 @@ class AdapterInjector:
         final = {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
                  "final_locality_kl": float(kl.detach())}
         return final | ({"final_keep_kl": float(keep_kl.detach())} if keep else {})
-
-
-def _prefix(engine: Engine, enc: Encoded) -> Batch | None:
-    """The shared prefix of every decision prompt, run once (with gradients when they are on)."""
-    return engine.run(None, [enc.prefix])[1] if enc.prefix else None
 
 
 def _pad(policy: LLMPolicy) -> int:
