@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +181,11 @@ def test_sampled_actions_follow_the_policy_and_replay_from_the_seed(cartpole):
     assert runs[0] == runs[1]  # evaluation reseeds: the same seed, the same episodes and actions
 
 
-def test_evaluation_leaves_training_unchanged():
+def test_evaluation_leaves_training_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runs = [train_ppo("CartPole-v1", seed=2, total_steps=256, eval_every=every, eval_episodes=2,
                       eval_max_steps=20, hyperparameters=TINY) for every in (None, 64)]
+    assert not list(tmp_path.iterdir())  # no output folder: SB3's logger leaves none in the temp dir either
     assert [len(r.curve) for r in runs] == [2, 5]
     nets = [r.policy.net.state_dict() for r in runs]
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])

@@ -39,6 +39,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.atari_wrappers import ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, NoopResetEnv
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
@@ -356,6 +357,8 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
         out.mkdir(parents=True, exist_ok=True)
     model = PPO(hp.policy, vec, seed=seed, device=device, verbose=0,
                 tensorboard_log=str(out / "tensorboard") if out else None, **hp.ppo_kwargs())
+    if out is None:  # SB3 would otherwise make an empty folder in the temp dir for its logger
+        model.set_logger(Logger(None, []))
     evaluations = _Evaluations(env, card, variant, observation, eval_seed(seed), eval_every, total_steps,
                                eval_episodes, eval_max_steps, eval_also_at, hp.sample_actions)
     try:
