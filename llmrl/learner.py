@@ -10,6 +10,8 @@ force (undo it, inject every item now held). The editing loop
 
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 from llmrl.cards import Card
 from llmrl.config import LoopConfig
 from llmrl.errors import UsageError
+from llmrl.folders import atomic_write
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
@@ -39,6 +42,27 @@ def make_injector(strategy: str, options: dict[str, Any], out: Path | None = Non
         return injector_class(strategy)(**options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad strategy_options for {strategy}: {exc}") from exc
+
+
+#: Injector options that say where files go rather than what the edit does.
+LOCATIONS = ("save_dir", "corpus")
+
+
+def injector_settings(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of the strategy's injector, defaults filled in (locations left out).
+
+    A run keeps these (``injector.json``) so that its edit can be replayed as it was made, even after a
+    release changes a default.
+    """
+    params = inspect.signature(injector_class(strategy)).parameters.values()
+    full = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty} | options
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items() if k not in LOCATIONS}
+
+
+def keep_settings(out: Path, strategy: str, options: dict[str, Any]) -> None:
+    """Write ``out/injector.json``: the strategy and its injector's every option (:func:`injector_settings`)."""
+    atomic_write(out / "injector.json", json.dumps(
+        {"strategy": strategy, "options": injector_settings(strategy, options)}, indent=2))
 
 
 class Exploring(Policy):

@@ -30,7 +30,7 @@ from llmrl.evaluate import eval_seed, evaluate, portability
 from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_situation
-from llmrl.learner import Learner, make_injector
+from llmrl.learner import Learner, keep_settings, make_injector
 from llmrl.metrics import LocalityProbe, generalization, reliability
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy
@@ -75,7 +75,7 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
         writable(out, "the run's folder")
         # A rerun into the same folder starts afresh: the log, the items and the TensorBoard scalars of an
         # earlier run there would otherwise mix with this one's.
-        for name in ("iterations.jsonl", "items.json"):
+        for name in ("iterations.jsonl", "items.json", "injector.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
         return _iterate(cfg, card, variant, injector, out, progress, on_row)
@@ -84,6 +84,8 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
 def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injector | None, out: Path,
              progress: bool, on_row: Callable[[dict], None] | None) -> LoopSummary:
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
+    if injector is not None:
+        keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model, cfg.device, cfg.dtype)
     atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
@@ -173,7 +175,8 @@ def restore(folder: Path | str, cfg: LoopConfig, items: list[KnowledgeItem], dev
     """The final policy of the finished run in ``folder`` (see :func:`finished_run`), to evaluate again.
 
     The run's base prompt gets its final items injected again, with the run's
-    strategy options: the items a run ends with are those of its last edit, and
+    injector settings (``injector.json``; for runs from before it was kept, the
+    config's strategy options and today's defaults): the items a run ends with are those of its last edit, and
     every injector is seeded, so this is the policy its last evaluation played.
     The weights injector computes its statistics from the corpus the run kept.
     ``device`` and ``dtype`` default to the run's; its saved adapter is left as it is.
@@ -182,7 +185,8 @@ def restore(folder: Path | str, cfg: LoopConfig, items: list[KnowledgeItem], dev
     lm = load_model(cfg.model, device or cfg.device, dtype or cfg.dtype)
     policy = base_policy(cfg, card, lm, temperature)
     if items and cfg.strategy != "none":
-        options = dict(cfg.strategy_options)
+        settings = Path(folder) / "injector.json"
+        options = json.loads(settings.read_text())["options"] if settings.exists() else dict(cfg.strategy_options)
         corpus = Path(folder) / "weights" / "corpus.safetensors"
         if cfg.strategy == "weights" and corpus.exists():
             options.setdefault("corpus", corpus)

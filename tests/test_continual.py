@@ -59,6 +59,8 @@ def test_a_stream_end_to_end(tmp_path, capsys):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     items = json.loads((out / "items.json").read_text())
     assert len(items["items"]) == lines[-1]["items"]
+    settings = json.loads((out / "injector.json").read_text())
+    assert settings["strategy"] == "context" and settings["options"]["max_tokens"] == 1024  # defaults kept
 
 
 ACROSS = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},

@@ -131,6 +131,8 @@ def test_exploring_holds_each_sampled_action(tiny):
 def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch, strategy, options):
     from llmrl.baselines import make_baseline
     from llmrl.evaluate import eval_seed, evaluate
+    import llmrl.loop
+    from llmrl.learner import injector_settings
     from llmrl.loop import finished_run, restore
     from llmrl.metrics import reliability
     from llmrl.models import load_model
@@ -154,7 +156,13 @@ def test_eval_run_replays_the_final_edited_policy(tmp_path, capsys, monkeypatch,
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["env"] == "CartPole-v1:heavy-long-pole"
     run, items = finished_run(out)
     assert json.loads((out / "runtime.json").read_text())["threads"] == torch.get_num_threads()
+    settings = json.loads((out / "injector.json").read_text())
+    assert settings == {"strategy": strategy, "options": injector_settings(strategy, options)}
+    passed, real = [], llmrl.loop.make_injector
+    monkeypatch.setattr(llmrl.loop, "make_injector", lambda s, o, out=None: passed.append(dict(o)) or real(s, o, out))
     policy = restore(out, run, items)
+    # the edit is made again with every option the run made it with, defaults included
+    assert {k: passed[0][k] for k in settings["options"]} == settings["options"]
     assert reliability(policy, items) == pytest.approx(summary["reliability"], abs=1e-9)
     texts = [t for i in items for t in i.examples]
     if strategy == "weights":  # on a machine without the run's cached statistics, the kept corpus gives them

@@ -42,7 +42,7 @@ from llmrl.continual.metrics import StreamMetrics, normalise, stream_metrics
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.folders import atomic_write, exclusive, writable
-from llmrl.learner import make_injector
+from llmrl.learner import keep_settings, make_injector
 from llmrl.oracle import table_policy
 from llmrl.policy import Policy, RandomPolicy
 from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES
@@ -183,7 +183,7 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
     injector = make_injector(cfg.strategy, dict(cfg.strategy_options), out) if edits else None
     with exclusive(out, "llmrl continual"):
         writable(out, "the stream's folder")
-        for name in ("stages.jsonl", "items.json", "matrix.png"):
+        for name in ("stages.jsonl", "items.json", "matrix.png", "injector.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
         return _stream(cfg, stage_cfgs, tasks, injector, out, progress, on_stage)
@@ -195,6 +195,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     from llmrl.continual.figure import plot_matrix
 
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
+    if injector is not None:
+        keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     agent: EditingAgent | PPOAgent = (
         PPOAgent(cfg.stages[0].env, cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
         else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out))
