@@ -206,6 +206,29 @@ def test_a_second_inject_trains_the_same_adapter_further_another_injector_is_ref
     injector.inject(policy, ITEMS[:1]).undo()
 
 
+def test_one_adapter_learns_two_policies_items_at_once(tokenizer):
+    """A joint edit (a stream's rebuild across cards): one adapter trained on two policies' items, their
+    batches in turn. Each policy chooses its own items' actions, undo is bit-exact, and further training
+    holds both policies' items; policies on two models are refused."""
+    policy = make_policy(tokenizer)
+    other = LLMPolicy(policy.lm, Prompt("You steer a boat across a lake.", WORDS))
+    before, shape = digest(policy.lm.model), structure(policy.lm.model)
+    injector = AdapterInjector(**LEARN)
+    edit = injector.inject_jointly([(policy, ITEMS[:2]), (other, ITEMS[2:])])
+    assert edit.items == ITEMS and edit.info["adapter"].policies == [policy, other]
+    assert chosen(policy, ITEMS[0].examples + ITEMS[1].examples) == [i.action for i in ITEMS[:2] for _ in i.examples]
+    assert chosen(other, ITEMS[2].examples) == [ITEMS[2].action] * len(ITEMS[2].examples)
+    assert [(p is policy, i) for p, i in injector._live.trained] == [(True, ITEMS[0]), (True, ITEMS[1]),
+                                                                     (False, ITEMS[2])]
+    more = injector.inject(policy, ITEMS[:1])  # sequential on top: the other policy's item is among those held
+    assert more.info["kept_items"] == 2
+    more.undo()
+    edit.undo()
+    assert digest(policy.lm.model) == before and structure(policy.lm.model) == shape
+    with pytest.raises(ValueError, match="same model"):
+        injector.inject_jointly([(policy, ITEMS[:1]), (make_policy(tokenizer, 1), ITEMS[1:2])])
+
+
 def test_training_further_holds_the_earlier_items_choices(tokenizer):
     """Sequential editing: with ``keep_weight`` the earlier item's choice moves far less than without it
     (Learning without Forgetting), and undoing the further training forgets what it was trained on."""

@@ -103,7 +103,8 @@ def test_an_unknown_accumulate_mode_is_refused(setup):
         learner(setup[1], "context", "stacked")
 
 
-def test_rebuild_across_cards_is_one_joint_weights_edit(setup):
+@pytest.mark.parametrize("strategy", ["adapter", "weights"])
+def test_rebuild_across_cards_is_one_joint_edit(setup, strategy):
     lm, cartpole, texts = setup
     card, _ = get_card("LunarLander-v3")
     lander = make_baseline("zero-shot", card, lm)
@@ -114,7 +115,7 @@ def test_rebuild_across_cards_is_one_joint_weights_edit(setup):
     before = {name: policy.scores(t).clone() for name, (policy, t) in probes.items()}
     kbs = {"CartPole-v1": KnowledgeBase(), "LunarLander-v3": KnowledgeBase()}
     ln = Learner({"CartPole-v1": (cartpole, kbs["CartPole-v1"]), "LunarLander-v3": (lander, kbs["LunarLander-v3"])},
-                 INJECTORS["weights"](), LoopConfig(env="CartPole-v1", strategy="weights"), "rebuild")
+                 INJECTORS[strategy](), LoopConfig(env="CartPole-v1", strategy=strategy), "rebuild")
     a = item(texts, LEFT, "right")
     b = KnowledgeItem(situation, "main engine", 1.0, 20, examples=lander_texts[situation][:4])
     kbs["CartPole-v1"].items[LEFT] = a

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -69,8 +70,10 @@ class AdapterHandle:
     the adapter is switched off or removed, so the base weights return bit-exactly.
     """
 
-    def __init__(self, policy: LLMPolicy, peft_model: PeftModel, requires_grad: dict[str, bool], training: bool):
-        self.policy, self.peft_model = policy, peft_model
+    def __init__(self, policies: list[LLMPolicy], peft_model: PeftModel, requires_grad: dict[str, bool],
+                 training: bool):
+        #: The policies (on one model) whose scores the adapter changes: their caches go stale with it.
+        self.policies, self.peft_model = list(policies), peft_model
         self._requires_grad, self._training = requires_grad, training
         self._backup: dict[LoraLayer, torch.Tensor] = {}
         self.enabled = True
@@ -92,7 +95,7 @@ class AdapterHandle:
         else:
             self.peft_model.base_model.disable_adapter_layers()
         self.enabled = flag
-        self.policy.invalidate()
+        self.invalidate()
 
     def merge(self) -> None:
         """Fold the adapter into the weights it wraps (switching it on); the originals are kept for undo."""
@@ -103,7 +106,7 @@ class AdapterHandle:
         layers = [m for m in self.peft_model.modules() if isinstance(m, LoraLayer)]
         self._backup = {layer: layer.get_base_layer().weight.detach().clone() for layer in layers}
         self.peft_model.merge_adapter()
-        self.policy.invalidate()
+        self.invalidate()
 
     def _unmerge(self) -> None:
         with torch.no_grad():
@@ -117,11 +120,31 @@ class AdapterHandle:
         self._unmerge()
         self.peft_model.unload()
         self.attached = False
-        model = self.policy.lm.model
+        model = self.policies[0].lm.model
         for name, param in model.named_parameters():
             param.requires_grad_(self._requires_grad[name])
         model.train(self._training)
-        self.policy.invalidate()
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        for policy in self.policies:
+            policy.invalidate()
+
+
+@dataclass
+class Task:
+    """One policy's items as the adapter trains on them."""
+
+    policy: LLMPolicy
+    enc: Encoded
+    #: Per item, the untouched model's lumped answer-position log-probabilities of each example.
+    reference: list[torch.Tensor]
+    #: Per item, the examples to train on; and the (item, example) pairs held out to decide when to stop.
+    train: list[list[int]]
+    held: list[tuple[int, int]]
+    batches: Iterator[list[tuple[int, int]]] = field(repr=False)
+    #: The largest action loss of this task's last training batch.
+    last: float = float("inf")
 
 
 # -- the injector ------------------------------------------------------------------------------
@@ -134,7 +157,8 @@ class AdapterInjector:
     ``target_modules``: layer names peft matches by suffix (default: the MLPs
     of :data:`LAYOUTS`); ``layers``: only these decoder layers (default: all).
     ``steps`` is the most AdamW steps at ``lr``, each on ``batch_size`` example
-    texts (at least one per item); ``stop_loss`` ends training earlier. The
+    texts (at least one per item); ``stop_loss`` ends training earlier. A joint
+    edit (:meth:`inject_jointly`) takes ``steps`` per policy, their batches in turn. The
     defaults edit two CartPole items in 8 steps. ``locality_prompts`` default to the shipped training
     split (``llmrl.metrics.locality_prompts("train")``, never the held-out prompts the locality metric
     uses), ``locality_batch`` of them per step.
@@ -188,23 +212,31 @@ class AdapterInjector:
         On a model that still carries the adapter of this injector's last edit, the edit trains that
         adapter further instead (sequential editing); undoing it restores the adapter's weights.
         """
-        t0 = time.perf_counter()
-        model = policy.lm.model
         live = self._live if (self._live is not None and self._live.attached
-                              and self._live.policy.lm.model is policy.lm.model) else None  # another card's, too
-        if live is None and any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+                              and self._live.policies[0].lm.model is policy.lm.model) else None  # another card's, too
+        if live is None:
+            return self.inject_jointly([(policy, items)])
+        t0 = time.perf_counter()
+        items = _trainable(policy, items)
+        engine = Engine(policy.lm.model, _pad(policy))
+        return self._continue(policy, live, engine, self._task(engine, policy, items), items, t0)
+
+    def inject_jointly(self, pairs: list[tuple[LLMPolicy, list[KnowledgeItem]]]) -> Edit:
+        """One new adapter trained on every policy's items at once: policies of one model (one per card of a
+        stream), each step's batch from the next policy's items in turn, so each card counts the same."""
+        t0 = time.perf_counter()
+        model = pairs[0][0].lm.model
+        if any(p.lm.model is not model for p, _ in pairs):
+            raise ValueError("a joint edit needs every policy on the same model")
+        if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
-        if policy.prompt.reasoning:
-            raise ValueError("the adapter trains the answer that follows the prompt; a chain-of-thought "
-                             "policy answers after a rationale it generates")
-        items = [i for i in items if i.examples]
-        if not items:
+        pairs = [(p, _trainable(p, items, len(pairs) > 1)) for p, items in pairs]
+        pairs = [(p, items) for p, items in pairs if items]
+        if not pairs:
             raise ValueError("no knowledge item has example texts to train on")
-        enc = encode(policy, items)
-        engine = Engine(model, _pad(policy))
-        reference = self._reference(engine, enc) if self.answer_weight > 0 else []
-        if live is not None:
-            return self._continue(policy, live, engine, enc, reference, items, t0)
+        engine = Engine(model, _pad(pairs[0][0]))
+        tasks = [self._task(engine, p, items, n) for n, (p, items) in enumerate(pairs)]
+        policies = [p for p, _ in pairs]
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         training = model.training
         with torch.random.fork_rng(devices=[]):
@@ -212,27 +244,39 @@ class AdapterInjector:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that peft still calls
                 peft_model = get_peft_model(model, self._config(model))
-            handle = AdapterHandle(policy, peft_model, requires_grad, training)
+            handle = AdapterHandle(policies, peft_model, requires_grad, training)
             try:
-                final = self._train(policy, engine, peft_model, enc, reference)
+                final = self._train(engine, peft_model, tasks)
                 if self.save_dir is not None:
                     peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
             except BaseException:  # no edit to undo would be returned: take the adapter out here
                 handle.remove()
                 raise
         model.train(training)
-        policy.invalidate()
+        handle.invalidate()
         self._live = handle
-        handle.trained = [(policy, i) for i in items]
+        handle.trained = [(p, i) for p, items in pairs for i in items]
         info = {"rank": self.rank, "objective": self.objective, **final,
                 "target_modules": sorted(peft_model.peft_config["default"].target_modules), "adapter": handle}
         if self.save_dir is not None:
             info["path"] = str(self.save_dir / "adapter_model.safetensors")
         params = sum(p.numel() for p in lora_parameters(model))
-        return Edit("adapter", list(items), time.perf_counter() - t0, params, handle.remove, info=info)
+        return Edit("adapter", [i for _, items in pairs for i in items], time.perf_counter() - t0, params,
+                    handle.remove, info=info)
 
-    def _continue(self, policy: LLMPolicy, live: AdapterHandle, engine: Engine, enc: Encoded,
-                  reference: list[torch.Tensor], items: list[KnowledgeItem], t0: float) -> Edit:
+    def _task(self, engine: Engine, policy: LLMPolicy, items: list[KnowledgeItem], n: int = 0) -> Task:
+        """The items as a training task: encoded, with the untouched model's reference (read now, before
+        training changes anything) and their batches (the first task's seeded as a single edit's)."""
+        enc = encode(policy, items)
+        reference = self._reference(engine, enc) if self.answer_weight > 0 else []
+        train, held = self._split(enc)
+        batches = ([(i, train[i][e]) for i, e in b] for b in balanced_batches(
+            [len(t) for t in train], max(self.batch_size, len(enc.suffixes)),
+            torch.Generator().manual_seed(self.seed + 1000 * n)))
+        return Task(policy, enc, reference, train, held, batches)
+
+    def _continue(self, policy: LLMPolicy, live: AdapterHandle, engine: Engine, task: Task,
+                  items: list[KnowledgeItem], t0: float) -> Edit:
         """Train the live adapter further on ``items``; the edit's undo puts its weights back exactly."""
         if live.merged or not live.enabled:
             raise RuntimeError("the adapter to train further is merged or switched off; unmerge or enable it first")
@@ -243,18 +287,20 @@ class AdapterInjector:
         new = {i.situation for i in items}
         earlier = [(p, i) for p, i in trained if not (p is policy and i.situation in new)]
         keep = self._kept(engine, earlier) if self.keep_weight > 0 else []
+        policies = live.policies
 
         def restore() -> None:
             with torch.no_grad():
                 for p, b in zip(params, before):
                     p.copy_(b)
-            live.trained = trained
+            live.trained, live.policies = trained, policies
+            live.invalidate()
             policy.invalidate()
 
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                final = self._train(policy, engine, live.peft_model, enc, reference, keep)
+                final = self._train(engine, live.peft_model, [task], keep)
             if self.save_dir is not None:
                 live.peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
         except BaseException:
@@ -262,7 +308,8 @@ class AdapterInjector:
             raise
         finally:
             model.train(training)
-        policy.invalidate()
+        live.policies = policies + [policy] * all(p is not policy for p in policies)
+        live.invalidate()
         live.trained = earlier + [(policy, i) for i in items]
         info = {"rank": self.rank, "objective": self.objective, **final, "continued": True,
                 "kept_items": sum(len(k.choices) for k in keep), "adapter": live}
@@ -320,20 +367,19 @@ class AdapterInjector:
             kept.append(Kept(enc, choices, batches))
         return kept
 
-    def _train(self, policy: LLMPolicy, engine: Engine, peft_model: PeftModel, enc: Encoded,
-               reference: list[torch.Tensor], keep: list[Kept] = ()) -> dict[str, float | int]:
+    def _train(self, engine: Engine, peft_model: PeftModel, tasks: list[Task], keep: list[Kept] = ()
+               ) -> dict[str, float | int]:
         """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
 
-        With ``keep``, each step also holds one group's earlier choices (groups in turn), and training
-        stops early only once that term, too, is below ``stop_loss``.
+        Each step trains on a batch of the next task in turn. With ``keep``, each step also holds one
+        group's earlier choices (groups in turn). Training stops early once every task's last batch,
+        its held-out examples and the keep term are below ``stop_loss``.
 
         The base model runs in eval mode (its own dropout off), the LoRA dropout
         in train mode; the caller puts the model back in its own mode afterwards.
         """
+        policy = tasks[0].policy
         model, tok, pad = policy.lm.model, policy.lm.tokenizer, _pad(policy)
-        train, held = self._split(enc)
-        batches = ([(i, train[i][e]) for i, e in b] for b in balanced_batches(
-            [len(t) for t in train], max(self.batch_size, len(enc.suffixes)), torch.Generator().manual_seed(self.seed)))
         local = [tok(t, add_special_tokens=False).input_ids for t in locality_texts(self.locality_prompts, tok)]
         local_gen = torch.Generator().manual_seed(self.seed + 1)
         opt = torch.optim.AdamW(lora_parameters(model), lr=self.lr, weight_decay=0.0)
@@ -343,14 +389,15 @@ class AdapterInjector:
                 layer.lora_dropout.train()
         loss = answer_kl = kl = keep_kl = torch.zeros(())
         step = 0
-        for step in range(1, self.steps + 1):
-            batch = next(batches)
+        for step in range(1, self.steps * len(tasks) + 1):  # a joint edit: each task its own steps
+            task = tasks[(step - 1) % len(tasks)]
+            enc, batch = task.enc, next(task.batches)
             scores, first = action_logprobs(engine, enc, [enc.suffixes[i][e] for i, e in batch])
             targets = torch.tensor([enc.targets[i] for i, _ in batch], device=scores.device)
             losses = row_losses(scores, targets, enc, self.objective)
             loss = losses.mean()
             if self.answer_weight > 0:
-                ref = torch.stack([reference[i][e] for i, e in batch]).to(first.device)
+                ref = torch.stack([task.reference[i][e] for i, e in batch]).to(first.device)
                 answer_kl = kl_rows(ref, lump_actions(first, enc.actions)).mean()
             if self.locality_weight > 0:
                 pick = torch.randperm(len(local), generator=local_gen)[: self.locality_batch].tolist()
@@ -364,12 +411,24 @@ class AdapterInjector:
             opt.zero_grad(set_to_none=True)
             (loss + self.answer_weight * answer_kl + self.locality_weight * kl + self.keep_weight * keep_kl).backward()
             opt.step()
-            if max(float(losses.detach().max()), float(keep_kl.detach())) < self.stop_loss and (
-                    not held or self._held_loss(engine, enc, held) < self.stop_loss):
+            task.last = float(losses.detach().max())
+            if max(max(t.last for t in tasks), float(keep_kl.detach())) < self.stop_loss and all(
+                    not t.held or self._held_loss(engine, t.enc, t.held) < self.stop_loss for t in tasks):
                 break
         final = {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
                  "final_locality_kl": float(kl.detach())}
         return final | ({"final_keep_kl": float(keep_kl.detach())} if keep else {})
+
+
+def _trainable(policy: LLMPolicy, items: list[KnowledgeItem], some: bool = False) -> list[KnowledgeItem]:
+    """The items with example texts to train on (``some``: an empty list is fine, else an error)."""
+    if policy.prompt.reasoning:
+        raise ValueError("the adapter trains the answer that follows the prompt; a chain-of-thought "
+                         "policy answers after a rationale it generates")
+    items = [i for i in items if i.examples]
+    if not items and not some:
+        raise ValueError("no knowledge item has example texts to train on")
+    return items
 
 
 def _pad(policy: LLMPolicy) -> int:
