@@ -126,7 +126,7 @@ class Learner:
     ``accumulate`` says how a change of the knowledge reaches the policies:
 
     - ``rebuild``: undo every edit in force, inject every item held: one edit of all cards' items where the
-      injector can make one (``inject_jointly``: weights), else one edit per card, stacked.
+      injector can make one (``inject_jointly``: adapter, weights), else one edit per card, stacked.
     - ``sequential``: the lifelong-editing setting (GRACE, WISE, AlphaEdit): edit on top of the earlier
       edits, with only the new items. An item whose situation got another action is overwritten by the
       new item's edit; an item erased with nothing in its place is taken out by undoing the edits back to
@@ -164,28 +164,36 @@ class Learner:
     def apply(self, key: str, changes: dict[str, list[KnowledgeItem]]) -> None:
         """Bring the edits in line with the knowledge bases after ``changes`` to card ``key``'s."""
         assert self.injector is not None
-        todo: dict[str, dict[str, KnowledgeItem]] = {}  # card -> situation -> item, in injection order
         if self.accumulate == "rebuild":
-            self.undo_to(0)
-            todo = {k: dict(kb.items) for k, (_, kb) in self.tasks.items()}
-        else:
-            kb = self.tasks[key][1]
-            orphans = {i.situation for i in changes["erase"]} - set(kb.items)
-            if orphans:
-                oldest = min(n for n, (k, e) in enumerate(self.edits)
-                             if k == key and orphans & {i.situation for i in e.items})
-                for k, e in self.edits[oldest:]:
-                    held = self.tasks[k][1].items
-                    todo.setdefault(k, {}).update({i.situation: i for i in e.items if held.get(i.situation) is i})
-                self.undo_to(oldest)
-                self.replayed += sum(len(items) for items in todo.values())
-            todo.setdefault(key, {}).update(
-                {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]})
+            self.rebuild()
+            return
+        todo: dict[str, dict[str, KnowledgeItem]] = {}  # card -> situation -> item, in injection order
+        kb = self.tasks[key][1]
+        orphans = {i.situation for i in changes["erase"]} - set(kb.items)
+        if orphans:
+            oldest = min(n for n, (k, e) in enumerate(self.edits)
+                         if k == key and orphans & {i.situation for i in e.items})
+            for k, e in self.edits[oldest:]:
+                held = self.tasks[k][1].items
+                todo.setdefault(k, {}).update({i.situation: i for i in e.items if held.get(i.situation) is i})
+            self.undo_to(oldest)
+            self.replayed += sum(len(items) for items in todo.values())
+        todo.setdefault(key, {}).update(
+            {i.situation: i for kind in ("insert", "modify", "retain") for i in changes[kind]})
+        self._inject(todo, joint=False)
+
+    def rebuild(self) -> None:
+        """Undo every edit and inject every item held: one edit of all cards' items where the injector can."""
+        assert self.injector is not None
+        self.undo_to(0)
+        self._inject({k: dict(kb.items) for k, (_, kb) in self.tasks.items()}, joint=True)
+
+    def _inject(self, todo: dict[str, dict[str, KnowledgeItem]], joint: bool) -> None:
         todo = {k: items for k, items in todo.items() if items}
-        joint = getattr(self.injector, "inject_jointly", None)
-        if self.accumulate == "rebuild" and len(todo) > 1 and joint is not None:
+        jointly = getattr(self.injector, "inject_jointly", None)
+        if joint and len(todo) > 1 and jointly is not None:
             # every card's items in one edit (MEMIT solves for all of them at once)
-            self.edits.append((JOINT, joint([(self.tasks[k][0], list(items.values())) for k, items in todo.items()])))
+            self.edits.append((JOINT, jointly([(self.tasks[k][0], list(i.values())) for k, i in todo.items()])))
         else:
             for k, items in todo.items():
                 self.edits.append((k, self.injector.inject(self.tasks[k][0], list(items.values()))))

@@ -43,6 +43,8 @@ def test_a_stream_end_to_end(tmp_path, capsys):
     assert (got["acc"], got["bwt"], got["fwt"], got["forgetting"]) == (metrics.acc, metrics.bwt, metrics.fwt,
                                                                        metrics.forgetting)
     assert got["env_steps"] == 4 * 48 and got["strategy"] == "context" and got["accumulate"] == "rebuild"
+    # rebuild: the edit in force is every final item at once, so the joint upper bound is the final row
+    assert got["joint_returns"] == raw[-1] and got["acc_joint"] == got["acc"]
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     assert [line["stage"] for line in lines] == [0, 1, 2, 3] and [line["row"] for line in lines] == raw
@@ -74,7 +76,12 @@ OPTIONS = {"weights": {"steps": 2, "stats_tokens": 128, "stats_prompts": 4}, "ad
 @pytest.mark.parametrize(("strategy", "accumulate"), [("weights", "rebuild"), ("weights", "sequential"),
                                                       ("adapter", "rebuild"), ("adapter", "sequential"),
                                                       ("context", "sequential")])
-def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, strategy, accumulate):
+def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, monkeypatch, strategy,
+                                                                         accumulate):
+    from llmrl.learner import Learner
+
+    rebuilds, real = [], Learner.rebuild
+    monkeypatch.setattr(Learner, "rebuild", lambda self: rebuilds.append(self.accumulate) or real(self))
     path = stream_file(tmp_path, stages=ACROSS, strategy=strategy, accumulate=accumulate, target={},
                        strategy_options=OPTIONS[strategy], loop={**STREAM["loop"], "z": 0.1})
     assert main(["continual", str(path), "--json"]) == 0
@@ -85,6 +92,12 @@ def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_pat
     assert {i["card"] for i in items} == {"CartPole-v1", "LunarLander-v3"}  # each card's knowledge, kept apart
     lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
     assert lines[2]["items_held"] == len(items) > lines[2]["items"]  # the second card's, and the first's
+    if accumulate == "rebuild":  # every change was a rebuild: the final row is the joint upper bound
+        assert got["joint_returns"] == got["raw_matrix"][-1]
+    else:  # the stacked edits are undone and every final item injected at once, once, for the joint row
+        assert rebuilds == ["sequential"] and len(got["joint_returns"]) == 2
+    joint = normalise([got["joint_returns"]], got["random_returns"], got["reference_returns"])[0]
+    assert got["matrix"] is not None and got["acc_joint"] == pytest.approx(sum(joint) / 2)
 
 
 def test_stream_input_errors(tmp_path, capsys):
@@ -154,7 +167,13 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     mean = report["groups"]["context/rebuild"]["mean_matrix"]
     for i in range(4):
         assert mean[i] == pytest.approx([sum(m[i][j] for m in scores) / 2 for j in range(3)])
+    assert [r["joint_returns"] for r in rebuild] == [r["raw_matrix"][-1] for r in rebuild]  # rebuild
+    joint = [normalise([r["joint_returns"]], r["random_returns"], r["reference_returns"])[0] if report["normalised"]
+             else r["joint_returns"] for r in rebuild]  # on the report's scale, as ACC
+    assert report["groups"]["context/rebuild"]["acc_joint"][0] == pytest.approx(sum(sum(j) / 3 for j in joint) / 2)
+    assert report["groups"]["ppo/-"]["acc_joint"] is None
     text = (tmp_path / "grid" / "report.md").read_text()
+    assert "| joint ACC |" in text
     assert "## Forgetting and transfer" in text and "matrix_context_rebuild.png" in text
     assert (tmp_path / "grid" / "matrix_context_sequential.png").exists()
 
@@ -173,6 +192,7 @@ def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert got["model"] == "ppo" and got["runtime"] is None and len(got["raw_matrix"]) == 4
     assert got["items_inserted"] == got["items_erased"] == 0
+    assert got["joint_returns"] is None and got["acc_joint"] is None  # no items to inject
     lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
     steps = [line["ppo_steps"] for line in lines[1:]]
     # one model trained on: its step counter runs on across stages (whole rollouts of 8 envs x 32 steps)

@@ -88,6 +88,18 @@ class EditingAgent:
             info.update(self.probe.measure())
         return info
 
+    def joint(self) -> bool | None:
+        """Make the joint upper bound: every card's final items injected at once on the untouched model.
+
+        Returns False where the edit in force already is that (``rebuild``), None without an injector.
+        """
+        if self.learner.injector is None:
+            return None
+        if self.learner.accumulate == "rebuild":
+            return False
+        self.learner.rebuild()
+        return True
+
     @property
     def replayed(self) -> int:
         return self.learner.replayed

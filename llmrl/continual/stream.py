@@ -155,6 +155,11 @@ class StreamSummary:
     items_erased: int
     #: Sequential accumulation: items injected again to take out an erased item's edit.
     items_replayed: int
+    #: The joint upper bound: each stage's raw return with every card's final items injected at once on the
+    #: untouched model (with ``rebuild`` that is the final row by construction; None for PPO and ``none``).
+    joint_returns: list[float] | None
+    #: ACC of ``joint_returns``, on the metrics' scale (normalised where the matrix is).
+    acc_joint: float | None
     out: str
 
     @property
@@ -250,6 +255,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
             _log(out, writer, {"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
                                "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
                                "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], **info}, on_stage)
+        joint = agent.joint() if isinstance(agent, EditingAgent) else None
+        joint_returns = None if joint is None else row() if joint else list(raw[-1])
     finally:
         bar.close()
         writer.close()
@@ -258,13 +265,17 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     # make them equal); otherwise the metrics are on raw returns.
     scaled = all(r is not None and r != low for r, low in zip(reference, random_returns))
     normalised = normalise(raw, random_returns, reference) if scaled else None  # type: ignore[arg-type]
+    acc_joint = None
+    if joint_returns is not None:
+        scored = normalise([joint_returns], random_returns, reference)[0] if scaled else joint_returns  # type: ignore
+        acc_joint = sum(scored) / len(scored)
     summary = StreamSummary(
         strategy=cfg.strategy, accumulate="-" if cfg.strategy == "ppo" else cfg.accumulate, seed=cfg.seed,
         model=agent.model, runtime=agent.runtime,
         stages=envs, matrix=normalised, raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=totals["insert"], items_modified=totals["modify"], items_erased=totals["erase"],
-        items_replayed=agent.replayed, out=str(out))
+        items_replayed=agent.replayed, joint_returns=joint_returns, acc_joint=acc_joint, out=str(out))
     atomic_write(out / "matrix.png", plot_matrix(normalised or raw, envs, f"{cfg.strategy} ({cfg.accumulate}), "
                                                   f"seed {cfg.seed}", normalised is not None))
     return summary

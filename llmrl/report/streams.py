@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmrl.continual.figure import plot_matrix
-from llmrl.continual.metrics import stream_metrics
+from llmrl.continual.metrics import normalise, stream_metrics
 from llmrl.errors import UsageError
 from llmrl.record import RunRecord
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, count, num, slug
@@ -21,7 +21,7 @@ from llmrl.report.runs import last_error_line
 from llmrl.report.stats import BOOTSTRAP_REPS, BOOTSTRAP_SEED, MIN_RUNS_FOR_IQM, iqm_ci
 from llmrl.strategies import order
 
-METRICS = ("acc", "bwt", "fwt", "forgetting")
+METRICS = ("acc", "bwt", "fwt", "forgetting", "acc_joint")
 
 
 def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], list[Figure], dict]:
@@ -48,7 +48,9 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
              "mean final score over the stages, BWT the mean change of each earlier stage's score from when it "
              "was learned to the end, FWT the mean gain on each stage, before learning it, over the untouched "
              "model, forgetting the mean drop from each earlier stage's best score to its final one "
-             "(llmrl/continual/metrics.py gives the definitions and their sources)."),
+             "(llmrl/continual/metrics.py gives the definitions and their sources). Joint ACC is the ACC of "
+             "the joint upper bound: every card's final items injected at once on the untouched model (with "
+             "rebuild, the final row itself)."),
     ]
     data: dict = {"stages": stages, "normalised": normalised, "groups": {}}
     rows = []
@@ -65,7 +67,7 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
             "steps_to_target": [[r["steps_to_target"][k] for r in runs] for k in range(len(stages))],
             "mean_matrix": np.mean([r["scores"] for r in runs], axis=0).tolist()}
     blocks += [Heading(2, "Forgetting and transfer"),
-               Table(["strategy", "accumulate", "runs", "ACC", "BWT", "FWT", "forgetting"], rows)]
+               Table(["strategy", "accumulate", "runs", "ACC", "BWT", "FWT", "forgetting", "joint ACC"], rows)]
     blocks += _targets(groups, stages)
     blocks += [Heading(2, "Knowledge changes (mean per run)"), Table(
         ["strategy", "accumulate", "inserted", "modified", "erased", "replayed"],
@@ -88,9 +90,14 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
 
 
 def _rescored(stream: dict, normalised: bool) -> dict:
-    """The run's summary with ``scores`` (the matrix the report uses) and its metrics on that matrix."""
+    """The run's summary with ``scores`` (the matrix the report uses) and its metrics on that matrix,
+    the joint upper bound's ACC among them (None for runs without one)."""
     scores = stream["matrix"] if normalised else stream["raw_matrix"]
-    return {**stream, "scores": scores, **stream_metrics(scores).to_json()}
+    joint = stream.get("joint_returns")
+    if joint is not None and normalised:
+        joint = normalise([joint], stream["random_returns"], stream["reference_returns"])[0]
+    return {**stream, "scores": scores, **stream_metrics(scores).to_json(),
+            "acc_joint": None if joint is None else sum(joint) / len(joint)}
 
 
 def _targets(groups: dict[tuple[str, str], list[dict]], stages: list[str]) -> list[Block]:
