@@ -33,7 +33,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = {name: ROOT / "reports" / name / "report.md" for name in ("control", "atari")}
-NOTES = sorted((ROOT / "reports").glob("*/NOTES.md"))
+NOTES = sorted((ROOT / "reports").rglob("NOTES.md"))  # reports/continual/<stream>/NOTES.md too
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"<!--\s*figures:\s*(\w+)\s*(.*?)\s*-->")
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
@@ -101,7 +101,13 @@ def section_table(report: str, section: str, label: str | None = None) -> tuple[
     found = [t for t in tables("\n".join(lines[i:end]))]
     assert found, f"section {section!r} has no table"
     _, _, header, rows = found[0]
-    return header, {row[0].rstrip("*").strip(): row for row in rows}
+    return header, {row_key(header, row): row for row in rows}
+
+
+def row_key(header: list[str], row: list[str]) -> str:
+    """A row's name: its first cell, and its second where that is the accumulation mode (stream reports)."""
+    first = row[0].rstrip("*").strip()
+    return f"{first} / {row[1]}" if len(header) > 1 and header[1] == "accumulate" else first
 
 
 def args_of(spec: str) -> tuple[str, list[str]]:
@@ -120,10 +126,11 @@ def compare_table(where: str, header: list[str], rows: list[list[str]], source: 
                   label: str | None = None) -> None:
     src_header, src_rows = section_table(source.read_text(), section, label)
     for row in rows:
-        assert row[0] in src_rows, f"{where}: row {row[0]!r} is not in {source.name} § {section}"
+        key = row_key(header, row)
+        assert key in src_rows, f"{where}: row {key!r} is not in {source.name} § {section}"
         for name, value in zip(header[1:], row[1:]):
-            want = src_rows[row[0]][column_index(src_header, name)].rstrip("*").strip()
-            assert value == want, f"{where}: {row[0]} / {name} quotes {value!r}, {source.name} says {want!r}"
+            want = src_rows[key][column_index(src_header, name)].rstrip("*").strip()
+            assert value == want, f"{where}: {key} / {name} quotes {value!r}, {source.name} says {want!r}"
 
 
 def documents() -> list[Path]:
