@@ -174,6 +174,9 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     assert report["groups"]["ppo/-"]["acc_joint"] is None
     text = (tmp_path / "grid" / "report.md").read_text()
     assert "| joint ACC |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| context | rebuild |") and "at the end" in line)
+    ended = [sum(r["stage_returns"][k] >= 9 for r in rebuild) for k in (0, 2)]  # the stages with a target
+    assert [c.split("; ")[1] for c in row.strip("|").split("|")[2:]] == [f"{n}/2 at the end " for n in ended]
     assert "## Forgetting and transfer" in text and "matrix_context_rebuild.png" in text
     assert (tmp_path / "grid" / "matrix_context_sequential.png").exists()
 

@@ -68,7 +68,8 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
             "mean_matrix": np.mean([r["scores"] for r in runs], axis=0).tolist()}
     blocks += [Heading(2, "Forgetting and transfer"),
                Table(["strategy", "accumulate", "runs", "ACC", "BWT", "FWT", "forgetting", "joint ACC"], rows)]
-    blocks += _targets(groups, stages)
+    target = done[0].config.get("target") or {}
+    blocks += _targets(groups, stages, [target.get(env) for env in stages])
     blocks += [Heading(2, "Knowledge changes (mean per run)"), Table(
         ["strategy", "accumulate", "inserted", "modified", "erased", "replayed"],
         [[s, a, *(f"{np.mean([r[k] for r in runs]):.1f}" for k in
@@ -100,8 +101,10 @@ def _rescored(stream: dict, normalised: bool) -> dict:
             "acc_joint": None if joint is None else sum(joint) / len(joint)}
 
 
-def _targets(groups: dict[tuple[str, str], list[dict]], stages: list[str]) -> list[Block]:
-    """Per stage with a target, the environment steps from the stage's start until it was reached."""
+def _targets(groups: dict[tuple[str, str], list[dict]], stages: list[str], targets: list[float | None]
+             ) -> list[Block]:
+    """Per stage with a target, the environment steps from the stage's start until it was reached, and how
+    many runs still held it when the stage ended (a run can reach it and lose it again)."""
     staged = [k for k in range(len(stages))
               if any(r["steps_to_target"][k] is not None for runs in groups.values() for r in runs)]
     if not staged:
@@ -111,12 +114,14 @@ def _targets(groups: dict[tuple[str, str], list[dict]], stages: list[str]) -> li
         cells = []
         for k in staged:
             reached = [r["steps_to_target"][k] for r in runs if r["steps_to_target"][k] is not None]
-            cells.append(f"{np.median(reached):,.0f} ({len(reached)}/{len(runs)})" if reached
-                         else f"not reached (0/{len(runs)})")
+            held = sum(targets[k] is not None and r["stage_returns"][k] >= targets[k] for r in runs)
+            cells.append((f"{np.median(reached):,.0f} ({len(reached)}/{len(runs)})" if reached
+                          else f"not reached (0/{len(runs)})") + f"; {held}/{len(runs)} at the end")
         rows.append([strategy, accumulate, *cells])
     return [Heading(2, "Environment steps to reach each stage's target"),
             Para("Median over the runs that reached it, counted from the stage's start (0: the stage began "
-                 "at its target), with how many runs reached it."),
+                 "at its target), with how many runs reached it; then how many runs were at or above the "
+                 "target when the stage ended."),
             Table(["strategy", "accumulate", *(f"{k + 1}: {stages[k]}" for k in staged)], rows)]
 
 
