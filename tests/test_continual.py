@@ -28,8 +28,15 @@ def stream_file(tmp_path, **changes):
     return path
 
 
-def test_a_stream_end_to_end(tmp_path, capsys):
+def test_a_stream_end_to_end(tmp_path, capsys, monkeypatch):
+    import llmrl.continual.stream as stream_mod
+
+    played, real = [], stream_mod.evaluate
+    monkeypatch.setattr(stream_mod, "evaluate", lambda *a, **k: played.append(a[1].key) or real(*a, **k))
     assert main(["continual", str(stream_file(tmp_path)), "--json"]) == 0
+    # random play and the table on each of the 3 stages, the untouched model on the 2 distinct tasks, the
+    # 4 curve points, and per row only the task the stage did not just play at its last curve point
+    assert len(played) == 3 + 3 + 2 + 4 + 3
     got = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert got["stages"] == ["CartPole-v1", "CartPole-v1:mirrored", "CartPole-v1"]
     raw = got["raw_matrix"]

@@ -213,8 +213,9 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
                              n_envs=cfg.n_envs, max_steps=cfg.eval_max_steps, variant=variant, progress=False)
         return result.mean_return
 
-    def row() -> list[float]:
-        seen: dict[str, float] = {}  # a task that recurs in the stream is scored once per row
+    def row(known: dict[str, float] | None = None) -> list[float]:
+        """Every stage's return now; ``known``: returns this very policy was just scored at."""
+        seen = dict(known or {})  # and a task that recurs in the stream is scored once per row
         for env, (card, _) in zip(envs, tasks):
             if env not in seen:
                 seen[env] = score(agent.policy_for(card), env)
@@ -248,7 +249,7 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
             env_steps += stage_steps
             reached = next((s for s, r in curve if target is not None and r >= target), None)
             steps_to_target.append(reached)
-            raw.append(row())
+            raw.append(row({stage.env: curve[-1][1]}))  # the curve's last point played this stage already
             info = agent.stage_info()
             for kind in totals:
                 totals[kind] += info.get(f"items_{kind}", 0)
