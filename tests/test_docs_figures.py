@@ -130,6 +130,7 @@ def compare_table(where: str, header: list[str], rows: list[list[str]], source: 
         assert key in src_rows, f"{where}: row {key!r} is not in {source.name} § {section}"
         for name, value in zip(header[1:], row[1:]):
             want = src_rows[key][column_index(src_header, name)].rstrip("*").strip()
+            value = value.rstrip("*").strip()  # "3*": fewer runs than an IQM needs, in both
             assert value == want, f"{where}: {key} / {name} quotes {value!r}, {source.name} says {want!r}"
 
 
