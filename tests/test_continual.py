@@ -114,8 +114,6 @@ def test_stream_input_errors(tmp_path, capsys):
         capsys, "continual", str(stream_file(tmp_path, stages=[{**STREAM["stages"][0], "loop": {"seed": 1}}])))
     assert "bad stream stage CartPole-v1: gamma" in one_error_line(
         capsys, "continual", str(stream_file(tmp_path, stages=[{**STREAM["stages"][0], "loop": {"gamma": 3}}])))
-    assert "PPO is trained on through stages of one card" in one_error_line(
-        capsys, "continual", str(stream_file(tmp_path, stages=ACROSS, strategy="ppo", target={})))
     assert "the loop block may not set seed" in one_error_line(
         capsys, "continual", str(stream_file(tmp_path)), "--set", "loop.seed=3")
     assert "target names environments that are no stage: Acrobot-v1" in one_error_line(
@@ -208,6 +206,21 @@ def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
     # one model trained on: its step counter runs on across stages (whole rollouts of 8 envs x 32 steps)
     assert steps == sorted(steps) and steps[0] > 0 and len(set(steps)) == 3
     assert got["env_steps"] == steps[-1]
+
+
+def test_ppo_across_cards_trains_a_fresh_learner_per_card(tmp_path, capsys):
+    stages = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},
+              {"env": "MountainCar-v0", "iterations": 1, "steps_per_iteration": 96},
+              {"env": "CartPole-v1", "iterations": 1, "steps_per_iteration": 96}]
+    assert main(["continual", str(stream_file(tmp_path, stages=stages, strategy="ppo", target={})), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()][1:]
+    assert lines[1]["ppo_steps"] == lines[1]["stage_steps"] > 0  # MountainCar's learner starts from zero
+    # CartPole's own learner trains on when CartPole returns
+    assert lines[2]["ppo_steps"] == lines[0]["stage_steps"] + lines[2]["stage_steps"] > lines[0]["ppo_steps"]
+    assert got["env_steps"] == sum(line["stage_steps"] for line in lines)
+    raw = got["raw_matrix"]
+    assert raw[2][0] == raw[1][0]  # training MountainCar's learner leaves CartPole's as it was
 
 
 def test_steps_to_revise_count_the_held_items_a_stage_contradicts(tmp_path):

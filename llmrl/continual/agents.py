@@ -4,8 +4,9 @@ An agent learns one iteration at a time (``learn``) and exposes its current
 ``policy`` for scoring; the stream (:mod:`llmrl.continual.stream`) does the
 rest. :class:`EditingAgent` is one language model, knowledge base and
 injector (a :class:`~llmrl.learner.Learner`); :class:`PPOAgent` is one SB3 PPO
-model whose training continues on each stage's environment: the classic
-catastrophic-forgetting reference for stages that share an observation space.
+learner per card whose training continues on each of its card's stages: the
+classic catastrophic-forgetting reference where stages share a card, and the
+per-stage reference where they do not.
 """
 
 from __future__ import annotations
@@ -115,63 +116,83 @@ class EditingAgent:
 
 
 class PPOAgent:
-    """One PPO model trained on each stage's environment in turn, with the card's RL Zoo settings.
+    """One PPO learner per card, each trained on through its card's stages, with the card's RL Zoo settings.
 
-    Training continues across stages (same network, optimiser and step
-    counter); observation statistics, where the settings normalise, carry over
-    too. It needs every stage to share one observation and action space.
+    Stages of one card and its variants (the flip stream) share one learner:
+    its network, optimiser, step counter and observation statistics carry on
+    across them, which makes it the classic catastrophic-forgetting reference.
+    A card's observations mean nothing to another card's network, so a stream
+    across cards (the control stream) gives each card a fresh learner, made
+    the first time the card is played or scored: the per-stage reference.
     """
 
-    def __init__(self, env: str, seed: int, device: str, out: Path):
-        from llmrl.baselines.ppo import PPOHyperparameters, load_hyperparameters
-        from llmrl.config import build
-
+    def __init__(self, seed: int, device: str, out: Path):
         self.seed, self.out = seed, out
-        self.hp = build(PPOHyperparameters, load_hyperparameters(env, None), source="PPO hyper-parameters")
         self.device = "cpu" if device == "auto" else device
-        self.ppo: Any = None
-        self.vec: Any = None
-        self.env = env
+        self.learners: dict[str, Any] = {}  # card key -> SB3 PPO model
+        self.hps: dict[str, Any] = {}
+        self.vecs: dict[str, Any] = {}
         self.model, self.runtime, self.replayed = "ppo", None, 0
+        self.card: Card | None = None
 
-    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
-        from stable_baselines3 import PPO
+    def _environments(self, card: Card, variant: str | None) -> Any:
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import VecNormalize
 
-        from llmrl.baselines.ppo import training_env
+        from llmrl.baselines.ppo import PPOHyperparameters, load_hyperparameters, training_env
+        from llmrl.config import build
 
-        vec = make_vec_env(lambda: card.make_env(variant), n_envs=self.hp.n_envs, seed=self.seed,
-                           wrapper_class=training_env, wrapper_kwargs={"card": card, "atari": self.hp.atari_wrapper})
-        if self.hp.normalize:
-            previous = self.vec
-            vec = VecNormalize(vec, gamma=self.hp.gamma)
+        if card.key not in self.hps:
+            self.hps[card.key] = build(PPOHyperparameters, load_hyperparameters(card.key, None),
+                                       source="PPO hyper-parameters")
+        hp = self.hps[card.key]
+        vec = make_vec_env(lambda: card.make_env(variant), n_envs=hp.n_envs, seed=self.seed,
+                           wrapper_class=training_env, wrapper_kwargs={"card": card, "atari": hp.atari_wrapper})
+        if hp.normalize:
+            previous = self.vecs.get(card.key)
+            vec = VecNormalize(vec, gamma=hp.gamma)
             if isinstance(previous, VecNormalize):
                 vec.obs_rms, vec.ret_rms = previous.obs_rms, previous.ret_rms
-        if self.ppo is None:
-            self.ppo = PPO(self.hp.policy, vec, seed=self.seed, device=self.device, verbose=0,
-                           tensorboard_log=str(self.out / "tensorboard"), **self.hp.ppo_kwargs())
+        return vec
+
+    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
+        from stable_baselines3 import PPO
+
+        vec = self._environments(card, variant)
+        ppo = self.learners.get(card.key)
+        if ppo is None:
+            hp = self.hps[card.key]
+            self.learners[card.key] = PPO(hp.policy, vec, seed=self.seed, device=self.device, verbose=0,
+                                          tensorboard_log=str(self.out / "tensorboard"), **hp.ppo_kwargs())
         else:
-            self.ppo.set_env(vec)  # SB3 refuses another observation or action space here
-        if self.vec is not None:
-            self.vec.close()
-        self.vec = vec
+            ppo.set_env(vec)  # SB3 refuses another observation or action space here
+        if card.key in self.vecs:
+            self.vecs[card.key].close()
+        self.vecs[card.key], self.card = vec, card
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
-        before = self.ppo.num_timesteps
-        self.ppo.learn(steps, reset_num_timesteps=False)
-        return self.ppo.num_timesteps - before
+        ppo = self.learners[card.key]
+        before = ppo.num_timesteps
+        ppo.learn(steps, reset_num_timesteps=False)
+        return ppo.num_timesteps - before
 
     def policy_for(self, card: Card) -> Policy:
         from llmrl.baselines.ppo import ObsNormalization, PPOPolicy
 
-        vec = self.ppo.get_vec_normalize_env()
-        return PPOPolicy(self.env, self.ppo.policy, ObsNormalization.of(vec) if vec else None,
-                         sample=self.hp.sample_actions)
+        if card.key not in self.learners:  # a card not played yet: its untrained learner
+            current = self.card
+            self.begin(card, None, False)
+            self.card = current
+        ppo = self.learners[card.key]
+        vec = ppo.get_vec_normalize_env()
+        return PPOPolicy(card.key, ppo.policy, ObsNormalization.of(vec) if vec else None,
+                         sample=self.hps[card.key].sample_actions)
 
     def stage_info(self) -> dict[str, Any]:
-        return {"ppo_steps": int(self.ppo.num_timesteps)}
+        """The steps the stage's learner has trained, over every stage of its card."""
+        assert self.card is not None
+        return {"ppo_steps": int(self.learners[self.card.key].num_timesteps)}
 
     def finish(self, out: Path) -> None:
-        if self.vec is not None:
-            self.vec.close()
+        for vec in self.vecs.values():
+            vec.close()

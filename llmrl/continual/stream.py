@@ -72,8 +72,8 @@ class StreamConfig(Strict):
     """Everything ``llmrl continual`` needs: one strategy and seed through one stream."""
 
     stages: list[Stage] = Field(min_length=1)
-    #: An edit strategy, ``none`` (collect knowledge, edit nothing) or ``ppo`` (one PPO model trained on, stage
-    #: after stage: the catastrophic-forgetting reference for stages with one observation space).
+    #: An edit strategy, ``none`` (collect knowledge, edit nothing) or ``ppo`` (one PPO learner per card, trained
+    #: on through its card's stages: the catastrophic-forgetting reference, and across cards the per-stage one).
     strategy: Literal[EDIT_STRATEGIES + ("none", "ppo")]  # type: ignore[valid-type]
     #: ``rebuild``: every change of the knowledge undoes the edit in force and injects every item held;
     #: ``sequential``: each change is edited on top of the earlier edits (see :class:`~llmrl.learner.Learner`).
@@ -177,10 +177,6 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
     """Run the stream; writes its outputs to ``cfg.out`` and returns the summary."""
     stage_cfgs = [cfg.stage_config(s) for s in cfg.stages]
     tasks = [get_card(s.env) for s in cfg.stages]
-    cards = {card.key for card, _ in tasks}
-    if cfg.strategy == "ppo" and len(cards) > 1:
-        raise UsageError(f"the stages use the cards {', '.join(sorted(cards))}: PPO is trained on through stages "
-                         "of one card and its variants, whose observations it can read alike")
     for card, variant in tasks:
         card.make_env(variant).close()
     out = cfg.out or Path("runs") / f"stream-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -203,7 +199,7 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     if injector is not None:
         keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     agent: EditingAgent | PPOAgent = (
-        PPOAgent(cfg.stages[0].env, cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
+        PPOAgent(cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
         else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out))
     envs = [s.env for s in cfg.stages]
 
