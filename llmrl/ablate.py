@@ -99,7 +99,8 @@ class AblateConfig(Strict):
     eval_max_steps: int | None = Field(None, ge=1)
     #: Also evaluate every run's final policy on the card's other variants (DESIGN's portability).
     portability: bool = True
-    #: LoopConfig keys shared by the editing runs (iterations, steps_per_iteration, gamma, ...).
+    #: LoopConfig keys shared by the editing runs (iterations, steps_per_iteration, gamma, ...); with ``stream``,
+    #: they override the stream's own ``loop`` block.
     loop: dict[str, Any] = Field(default_factory=dict)
     #: Per environment, overrides of ``loop`` (e.g. n_step for sparse-reward tasks).
     env_loop: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -204,6 +205,10 @@ def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
     bad = set(cfg.stream) & STREAM_PER_RUN
     if bad:
         raise UsageError(f"the stream block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
+    unused = sorted(cfg.model_fields_set & {"env_loop", "ppo", "reference_scores", "portability"})
+    if unused:
+        raise UsageError(f"a stream grid does not use {', '.join(unused)}: a stream's stages set their own loop "
+                         "blocks, PPO takes each card's RL Zoo settings, and a stream reports its own references")
     others = [s for s in cfg.strategies if BY_NAME[s].kind != "edit" and s != "ppo"]
     if others:
         raise UsageError(f"a stream grid runs edit strategies and ppo; {', '.join(others)} cannot be carried "
@@ -214,7 +219,8 @@ def _expand_stream(cfg: AblateConfig) -> list[RunSpec]:
         for accumulate in ["rebuild"] if ppo else cfg.accumulate:
             for model in [None] if ppo else cfg.models:
                 for seed in cfg.seed_list():
-                    values = {**cfg.stream, "strategy": strategy, "accumulate": accumulate, "seed": seed,
+                    values = {**cfg.stream, "loop": {**cfg.stream.get("loop", {}), **cfg.loop},
+                              "strategy": strategy, "accumulate": accumulate, "seed": seed,
                               "model": model, "device": cfg.device, "dtype": run_dtype(cfg.dtype, cfg.device),
                               "eval_episodes": cfg.eval_episodes, "eval_max_steps": cfg.eval_max_steps,
                               "strategy_options": cfg.strategy_options.get(strategy, {})}

@@ -193,6 +193,17 @@ def test_stream_grid_errors(tmp_path, capsys):
         capsys, "ablate", str(grid_file(tmp_path, envs=["CartPole-v1"])), "--dry-run")
     inline = grid_file(tmp_path, stream={"stages": STREAM["stages"], "seed": 3})
     assert "the stream block may not set seed" in one_error_line(capsys, "ablate", str(inline), "--dry-run")
+    assert "a stream grid does not use env_loop, ppo" in one_error_line(
+        capsys, "ablate", str(grid_file(tmp_path, env_loop={"CartPole-v1": {"gamma": 0.9}}, ppo={"steps": 1000})),
+        "--dry-run")
+
+
+def test_a_stream_grid_loop_overrides_the_streams_loop(tmp_path):
+    from llmrl.ablate import expand, load_config
+
+    specs = expand(load_config(grid_file(tmp_path, loop={"z": 1.5, "reinstate_z": 1.0})))
+    loop = specs[0].config["loop"]
+    assert (loop["z"], loop["reinstate_z"], loop["min_support"]) == (1.5, 1.0, 2)  # the stream's other keys kept
 
 
 def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
