@@ -258,3 +258,13 @@ def test_steps_to_revise_count_the_held_items_a_stage_contradicts(tmp_path):
     info = agent.stage_info()
     assert (info["held_at_start"], info["revised"], info["steps_to_revise"]) == (3, 2, [100, 150])
     assert info["items_erase"] == 3  # every erase counts; only held ones are revisions
+
+
+def test_a_stage_with_a_target_no_run_reached_keeps_its_column():
+    from llmrl.report.streams import _targets
+
+    runs = [{"steps_to_target": [500, None, None], "stage_returns": [500.0, 9.0, 12.0]}]
+    table = _targets({("weights", "sequential"): runs}, ["CartPole-v1", "CartPole-v1:mirrored", "CartPole-v1"],
+                     [475, 475, None])[-1]
+    assert table.header[2:] == ["1: CartPole-v1", "2: CartPole-v1:mirrored"]  # stage 3 has no target
+    assert table.rows[0][2:] == ["500 (1/1); 1/1 at the end", "not reached (0/1); 0/1 at the end"]

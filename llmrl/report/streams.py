@@ -105,8 +105,7 @@ def _targets(groups: dict[tuple[str, str], list[dict]], stages: list[str], targe
              ) -> list[Block]:
     """Per stage with a target, the environment steps from the stage's start until it was reached, and how
     many runs still held it when the stage ended (a run can reach it and lose it again)."""
-    staged = [k for k in range(len(stages))
-              if any(r["steps_to_target"][k] is not None for runs in groups.values() for r in runs)]
+    staged = [k for k in range(len(stages)) if targets[k] is not None]
     if not staged:
         return []
     rows = []
