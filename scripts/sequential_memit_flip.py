@@ -7,13 +7,14 @@ observations of each situation (not the items' examples), how often the policy c
 action:
 
 - ``one edit``: both mirrored items in one edit on top of the original edit;
-- ``one item per edit``: left, then right, each its own edit, as the stream makes them.
+- ``one item per edit``: left, then right, each its own edit, as the stream makes them; then back to
+  the original actions, again one item per edit, as the stream's third stage makes them.
 
 It does both with plain MEMIT and with ``null_space: true`` (AlphaEdit's update, fitted to keep the
 values of the earlier edits' keys), and writes the figures to
 ``reports/continual/flip/sequential-memit.json``.
 
-Usage: ``OMP_NUM_THREADS=1 .venv/bin/python scripts/sequential_memit_flip.py`` (about 2 minutes on a 2-core CPU).
+Usage: ``OMP_NUM_THREADS=1 .venv/bin/python scripts/sequential_memit_flip.py`` (about 3 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ def main() -> None:
                 edits.append(injector.inject(policy, [item(LEFT, "right")]))
                 between = mirrored_on_fresh()[LEFT]
                 edits.append(injector.inject(policy, [item(RIGHT, "left")]))
+            mirrored = mirrored_on_fresh()
+            back = None
+            if schedule == "one item per edit":  # and back to the original, one item per edit, as stage 3
+                original_items = ((LEFT, "left"), (RIGHT, "right"))
+                edits += [injector.inject(policy, [item(s, a)]) for s, a in original_items]
+                back = {s: reliability(policy, [item(s, a, fresh=True)]) for s, a in original_items}
             row = {"null_space": null_space, "schedule": schedule, "original_after_first_edit": original,
-                   "left_mirrored_before_right_edit": between, "mirrored_at_the_end": mirrored_on_fresh(),
+                   "left_mirrored_before_right_edit": between, "mirrored_at_the_end": mirrored,
+                   "original_after_editing_back": back,
                    "fresh_observations": {s: len(texts[s]) - EXAMPLES for s in (LEFT, RIGHT)}}
             print(json.dumps(row))
             results.append(row)

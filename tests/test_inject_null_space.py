@@ -78,3 +78,24 @@ def test_earlier_edits_keys_are_kept_and_undo_forgets_them(setup):
 def test_null_space_needs_memit():
     with pytest.raises(UsageError, match="null_space projects MEMIT"):
         WeightsInjector(method="rome", null_space=True)
+
+
+def test_an_item_edited_again_leaves_the_kept_keys(setup):
+    """Kept, a superseded key would hold its old answer against the new edit of the same key (the effect on
+    the default model: scripts/sequential_memit_flip.py)."""
+    lm, policy, items = setup
+    injector = WeightsInjector(**OPTIONS)
+    mirrored = items[0]
+    back = KnowledgeItem(mirrored.situation, "left", 1.0, 20, examples=mirrored.examples)
+    edits = [injector.inject(policy, [mirrored]), injector.inject(policy, [items[1]])]
+    first = {layer: dict(keys) for layer, keys in injector._edited.items()}
+    edits.append(injector.inject(policy, [back]))
+    both = {(id(policy), mirrored.situation), (id(policy), items[1].situation)}
+    assert first and all(set(keys) == both for keys in injector._edited.values())  # two keys, not three
+    for layer, keys in injector._edited.items():
+        assert torch.equal(keys[(id(policy), items[1].situation)], first[layer][(id(policy), items[1].situation)])
+    edits.pop().undo()  # undoing the re-edit brings the superseded key back
+    assert all(torch.equal(injector._edited[layer][o], first[layer][o]) for layer in first for o in both)
+    for edit in reversed(edits):
+        edit.undo()
+    assert injector._edited == {}

@@ -36,6 +36,8 @@ class _Plan:
     """One item's prompts: examples for the key average, a subset for the value, one essence prompt."""
 
     item: KnowledgeItem
+    #: The policy (one per card on a model) and situation: an item's later edit supersedes its earlier one.
+    owner: tuple[int, str]
     values: list[SubjectPrompt]
     extra_keys: list[SubjectPrompt]
     essence: SubjectPrompt
@@ -119,9 +121,9 @@ class WeightsInjector:
             raise UsageError("null_space projects MEMIT's update; use method: memit")
         if not 0 < self.null_space_rtol < 1 or self.null_space_l2 <= 0:
             raise UsageError("0 < null_space_rtol < 1 and null_space_l2 > 0 are required")
-        #: Per layer, Σ k kᵀ over the keys of this injector's edits in force, and the null-space projector
-        #: (null_space only).
-        self._edited: dict[int, torch.Tensor] = {}
+        #: Per layer, the key of each (policy, situation) whose latest edit is in force, and the null-space
+        #: projector (null_space only).
+        self._edited: dict[int, dict[tuple[int, str], torch.Tensor]] = {}
         self._projectors: dict[int, torch.Tensor] = {}
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
@@ -146,7 +148,7 @@ class WeightsInjector:
         moments, stats = self.statistics(policy, layout, layers, pairs[0][1])
         stats_seconds = time.perf_counter() - t1
         originals = {layer: layout.projections[layer].weight.detach().clone() for layer in layers}
-        edited_before = dict(self._edited)
+        edited_before = {layer: dict(keys) for layer, keys in self._edited.items()}
 
         def invalidate() -> None:
             for p in policies:
@@ -189,7 +191,8 @@ class WeightsInjector:
         def prompt(text: str) -> SubjectPrompt:
             return make_prompt(tok, policy.decision_prompt(text), item.situation, answer)
 
-        return _Plan(item, [prompt(t) for t in values], [prompt(t) for t in keys if t not in values],
+        return _Plan(item, (id(policy), item.situation), [prompt(t) for t in values],
+                     [prompt(t) for t in keys if t not in values],
                      make_prompt(tok, self.essence.format(item.situation), item.situation, None))
 
     # -- statistics ----------------------------------------------------------------------------
@@ -353,16 +356,20 @@ class WeightsInjector:
             k, z = (k, z0) if j == 0 else self._keys(engine, layout, groups, layer, top, n)
             resid = (z0 + delta - z) / (len(layers) - j)
             if self.null_space:
-                layout.add(layer, self._projected(layer, moments[layer], k, resid))
+                layout.add(layer, self._projected(layer, moments[layer], k, resid, [p.owner for p in plans]))
                 continue
             a = self.mom2_weight_per_item * n * moments[layer].double() + k.T @ k
             layout.add(layer, resid.T @ torch.linalg.solve(a, k.T).T)
         return self._report(plans, before, self._after(engine, values, n), delta)
 
-    def _projected(self, layer: int, moments: torch.Tensor, k: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def _projected(self, layer: int, moments: torch.Tensor, k: torch.Tensor, resid: torch.Tensor,
+                   owners: list[tuple[int, str]]) -> torch.Tensor:
         """AlphaEdit's update ΔW = xᵀ, x = (P (KᵀK + Σ_p) + l2 I)⁻¹ P Kᵀ R, with P the projector onto the null
-        space of the preserved keys' C and Σ_p the earlier edits' keys; x lies in P's range (l2 x equals
-        P times something), so ΔW leaves every key in C's kept directions where it was."""
+        space of the preserved keys' C and Σ_p the keys of the earlier edits in force; x lies in P's range
+        (l2 x equals P times something), so ΔW leaves every key in C's kept directions where it was.
+
+        An item edited again (its situation's action changed) leaves Σ_p: kept, its old key would hold the
+        old answer against the new edit of the same key."""
         c = moments.double()
         p = self._projectors.get(layer)
         if p is None:  # C is the same for every edit of this injector (statistics are per model and layer)
@@ -370,9 +377,11 @@ class WeightsInjector:
             null = vectors[:, values < self.null_space_rtol * values.max()]
             p = self._projectors[layer] = null @ null.T
         k = k.double()
-        earlier = self._edited.get(layer, torch.zeros_like(c))
+        kept = self._edited.setdefault(layer, {})
+        for owner in owners:
+            kept.pop(owner, None)
+        earlier = sum((torch.outer(row, row) for row in kept.values()), torch.zeros_like(c))
         a = p @ (k.T @ k + earlier) + self.null_space_l2 * torch.eye(len(c), dtype=c.dtype, device=c.device)
         x = torch.linalg.solve(a, p @ k.T @ resid.double())
-        self._edited[layer] = earlier + k.T @ k
+        kept.update(zip(owners, k))
         return x.T
-
