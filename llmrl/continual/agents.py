@@ -155,7 +155,8 @@ class PPOAgent:
                 vec.obs_rms, vec.ret_rms = previous.obs_rms, previous.ret_rms
         return vec
 
-    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
+    def _train_on(self, card: Card, variant: str | None) -> None:
+        """Point the card's learner (made here the first time) at fresh environments of ``variant``."""
         from stable_baselines3 import PPO
 
         vec = self._environments(card, variant)
@@ -168,7 +169,11 @@ class PPOAgent:
             ppo.set_env(vec)  # SB3 refuses another observation or action space here
         if card.key in self.vecs:
             self.vecs[card.key].close()
-        self.vecs[card.key], self.card = vec, card
+        self.vecs[card.key] = vec
+
+    def begin(self, card: Card, variant: str | None, reset_feedback: bool) -> None:
+        self._train_on(card, variant)
+        self.card = card
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         ppo = self.learners[card.key]
@@ -180,9 +185,7 @@ class PPOAgent:
         from llmrl.baselines.ppo import ObsNormalization, PPOPolicy
 
         if card.key not in self.learners:  # a card not played yet: its untrained learner
-            current = self.card
-            self.begin(card, None, False)
-            self.card = current
+            self._train_on(card, None)
         ppo = self.learners[card.key]
         vec = ppo.get_vec_normalize_env()
         return PPOPolicy(card.key, ppo.policy, ObsNormalization.of(vec) if vec else None,
