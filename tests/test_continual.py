@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -178,7 +179,12 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     assert report["groups"]["context/rebuild"]["acc_joint"][0] == pytest.approx(sum(sum(j) / 3 for j in joint) / 2)
     assert report["groups"]["ppo/-"]["acc_joint"] is None
     text = (tmp_path / "grid" / "report.md").read_text()
-    assert "| joint ACC |" in text
+    assert "| joint ACC | env steps |" in text
+    budget = sum(s["iterations"] * s["steps_per_iteration"] for s in STREAM["stages"])
+    assert f"feedback budget is {budget:,}" in text
+    assert report["groups"]["context/rebuild"]["env_steps"] == [r["env_steps"] for r in rebuild]
+    mean_steps = sum(r["env_steps"] for r in rebuild) / 2
+    assert re.search(rf"^\| context \| rebuild \|.*\| {mean_steps:,.0f} \|$", text, re.M)
     row = next(line for line in text.splitlines() if line.startswith("| context | rebuild |") and "at the end" in line)
     ended = [sum(r["stage_returns"][k] >= 9 for r in rebuild) for k in (0, 2)]  # the stages with a target
     assert [c.split("; ")[1] for c in row.strip("|").split("|")[2:]] == [f"{n}/2 at the end " for n in ended]

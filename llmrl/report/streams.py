@@ -50,7 +50,9 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
              "model, forgetting the mean drop from each earlier stage's best score to its final one "
              "(llmrl/continual/metrics.py gives the definitions and their sources). Joint ACC is the ACC of "
              "the joint upper bound: every card's final items injected at once on the untouched model (with "
-             "rebuild, the final row itself)."),
+             "rebuild, the final row itself). Env steps is the mean number of environment steps a run trained "
+             f"over the whole stream, whose feedback budget is {_budget(done[0].config):,}: PPO trains whole "
+             "rollouts of its RL Zoo settings, so its runs can train more than the budget."),
     ]
     data: dict = {"stages": stages, "normalised": normalised, "groups": {}}
     rows = []
@@ -61,13 +63,15 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
             cells[metric] = iqm_ci(np.array(values)) if values else None
         star = "*" if len(runs) < MIN_RUNS_FOR_IQM else ""
         rows.append([strategy, accumulate, f"{len(runs)}{star}"]
-                    + [_interval(cells[m]) for m in METRICS])
+                    + [_interval(cells[m]) for m in METRICS] + [f"{np.mean([r['env_steps'] for r in runs]):,.0f}"])
         data["groups"][f"{strategy}/{accumulate}"] = {
-            "runs": len(runs), **{m: (list(cells[m]) if cells[m] else None) for m in METRICS},
+            "runs": len(runs), "env_steps": [r["env_steps"] for r in runs],
+            **{m: (list(cells[m]) if cells[m] else None) for m in METRICS},
             "steps_to_target": [[r["steps_to_target"][k] for r in runs] for k in range(len(stages))],
             "mean_matrix": np.mean([r["scores"] for r in runs], axis=0).tolist()}
     blocks += [Heading(2, "Forgetting and transfer"),
-               Table(["strategy", "accumulate", "runs", "ACC", "BWT", "FWT", "forgetting", "joint ACC"], rows)]
+               Table(["strategy", "accumulate", "runs", "ACC", "BWT", "FWT", "forgetting", "joint ACC", "env steps"],
+                     rows)]
     target = done[0].config.get("target") or {}
     blocks += _targets(groups, stages, [target.get(env) for env in stages])
     blocks += [Heading(2, "Knowledge changes (mean per run)"), Table(
@@ -88,6 +92,11 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
         blocks += [Heading(2, "Failed runs (excluded)"),
                    Bullets([f"{r.run_id}: {last_error_line(r.error)}" for r in failed])]
     return blocks, figures, data
+
+
+def _budget(config: dict) -> int:
+    """The stream's feedback budget: the environment steps its stages grant, summed."""
+    return sum(s["iterations"] * s["steps_per_iteration"] for s in config["stages"])
 
 
 def _rescored(stream: dict, normalised: bool) -> dict:
