@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--n-envs", type=int, default=16, dest="n_envs")
     _add_model_options(tp)
     tp.add_argument("--json", action="store_true")
+    ed = bsub.add_parser("edits", help="N items in one model by one method: reliability, generalization, "
+                         "locality, erase, undo")
+    ed.add_argument("--method", required=True, help="an editing method (llmrl.strategies.METHODS)")
+    ed.add_argument("--items", type=int, required=True, help="items drawn from the pool")
+    ed.add_argument("--sequential", action="store_true", help="one edit per item, each on the earlier ones")
+    ed.add_argument("--seed", type=int, default=0, help="which items are drawn, and in what order")
+    ed.add_argument("--pool", type=Path, help="a saved item pool (JSON); default: the 1,000-key pool, rebuilt")
+    _add_model_options(ed)
+    ed.add_argument("--json", action="store_true")
     return parser
 
 
@@ -346,6 +355,8 @@ def cmd_envs(args: argparse.Namespace) -> list:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
+    if args.bench == "edits":
+        return _bench_edits(args)
     from llmrl.bench import throughput
 
     result = throughput(args.env, steps=args.steps, naive_steps=args.naive_steps, n_envs=args.n_envs,
@@ -357,6 +368,20 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         print(f"speedup             : {result['speedup']:8.1f}x")
         print(f"uncached tokens     : {result['achieved_gflops']:8.1f} GFLOP/s of {result['matmul_gflops']:.1f} "
               f"measured matmul ({result['matmul_fraction']:.0%})")
+    return result
+
+
+def _bench_edits(args: argparse.Namespace) -> dict:
+    from llmrl.capacity.bench import run_capacity
+
+    result = run_capacity(args.method, args.items, sequential=args.sequential, seed=args.seed, model=args.model,
+                          device=args.device or "auto", dtype=args.dtype or "auto", pool=args.pool).to_json()
+    if not args.json:
+        mode = "sequential" if args.sequential else "batch"
+        print(f"{args.method}, {args.items} items ({mode}) on {result['model']}")
+        for key in ("reliability_before", "reliability", "generalization", "locality_kl", "locality_top1",
+                    "edit_seconds", "params_touched", "erase_ok", "undo_exact"):
+            print(f"  {key:<19}: {result[key]}")
     return result
 
 

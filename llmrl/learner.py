@@ -135,7 +135,7 @@ class Learner:
     """
 
     def __init__(self, tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], injector: Injector | None,
-                 cfg: LoopConfig, accumulate: str = "rebuild"):
+                 cfg: LoopConfig | None, accumulate: str = "rebuild"):
         if accumulate not in ACCUMULATE:
             raise UsageError(f"unknown accumulate mode {accumulate!r}; choose {', '.join(ACCUMULATE)}")
         self.tasks, self.injector, self.cfg, self.accumulate = tasks, injector, cfg, accumulate
@@ -150,6 +150,7 @@ class Learner:
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> Lesson:
         cfg = self.cfg
+        assert cfg is not None, "a learner made without a LoopConfig only edits (apply, rebuild, undo_to)"
         policy, kb = self.tasks[card.key]
         explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
                              hold=cfg.explore_hold)

@@ -32,7 +32,7 @@ from llmrl.prompts import card_prompt, render
 LOCALITY_FILE = Path(__file__).with_name("data") / "locality_prompts.json"
 
 
-def _agreement(policy: LLMPolicy, pairs: list[tuple[str, str]]) -> float | None:
+def agreement(policy: LLMPolicy, pairs: list[tuple[str, str]]) -> float | None:
     """Share of (text, action word) pairs where the policy's greedy choice is that action."""
     if not pairs:
         return None
@@ -42,14 +42,14 @@ def _agreement(policy: LLMPolicy, pairs: list[tuple[str, str]]) -> float | None:
 
 
 def reliability(policy: LLMPolicy, items: list[KnowledgeItem]) -> float | None:
-    return _agreement(policy, [(t, i.action) for i in items for t in i.examples])
+    return agreement(policy, [(t, i.action) for i in items for t in i.examples])
 
 
 def generalization(policy: LLMPolicy, items: list[KnowledgeItem], fresh: dict[str, list[str]]) -> float | None:
     """Mean of: fresh observations of the items' situations, and the examples under a reworded prompt."""
     seen = {t for i in items for t in i.examples}
     new = [(t, i.action) for i in items for t in fresh.get(i.situation, []) if t not in seen]
-    parts = [_agreement(policy, new)]
+    parts = [agreement(policy, new)]
     original = policy.prompt
     policy.set_prompt(replace(original, style="reworded"))
     try:

@@ -65,6 +65,32 @@ PPO_LEARNERS = names("ppo")
 ACCUMULATE = ("rebuild", "sequential")
 
 
+@dataclass(frozen=True)
+class Method:
+    """One knowledge-editing method: an edit strategy and the injector options that select it.
+
+    ``family`` is the survey's family the method belongs to, ``paper`` its anchor.
+    """
+
+    name: str
+    strategy: str
+    options: tuple[tuple[str, object], ...]
+    family: str
+    paper: str
+
+
+#: The methods by their command-line names (``llmrl bench edits --method``).
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("context", "context", (), "in-context editing: rules and demonstrations",
+           "IKE (Zheng et al., EMNLP 2023)"),
+    Method("lora", "adapter", (), "reparameterised PET", "LoRA (Hu et al., ICLR 2022)"),
+    Method("rome", "weights", (("method", "rome"),), "locate-then-edit", "ROME (Meng et al., NeurIPS 2022)"),
+    Method("memit", "weights", (("method", "memit"),), "locate-then-edit", "MEMIT (Meng et al., ICLR 2023)"),
+    Method("alphaedit", "weights", (("method", "memit"), ("null_space", True)),
+           "locate-then-edit, null-space projected", "AlphaEdit (Fang et al., ICLR 2025)"),
+)}
+
+
 def order(name: str) -> tuple[int, str]:
     """Sort key: report order; unknown names after it, alphabetically."""
     return (NAMES.index(name) if name in BY_NAME else len(NAMES), name)

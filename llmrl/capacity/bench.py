@@ -1,0 +1,224 @@
+"""The capacity benchmark: N pool items in one model by one method, then erase some and undo all.
+
+One model carries a policy per card of the sampled items (the shared model an
+edit through any of them changes) and one :class:`~llmrl.learner.Learner`:
+
+- **insert**: batch (every item in one edit: one joint edit across cards where
+  the injector makes one, else one per card) or sequential (one edit per item,
+  each on top of the earlier ones, as lifelong editing measures);
+- **measure**: reliability on the items' examples, generalization (fresh
+  observations of the items' situations, and the examples under a reworded
+  prompt; an observation key has only the latter), locality (next-token KL and
+  top-1 agreement on the shipped held-out prompts against the untouched model),
+  the edit seconds and the parameters touched;
+- **erase** one item, then ten more, as the learner erases: batch rebuilds the
+  edit of the items left; sequential undoes the edits back to the oldest one
+  that wrote an erased item and replays the later items still held. An erase
+  is good (``erase_ok``) when the erased items' examples choose as the
+  untouched model did (share >= :data:`RESTORED_MIN`) and the items left lose at
+  most :data:`KEPT_DROP_MAX` reliability;
+- **undo** every edit: ``undo_exact`` when every parameter and buffer of the
+  model is bit-identical to before (a SHA-256 over the state dict) and every
+  policy's prompt is the original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmrl.capacity.pool import PoolItem, build_pool, load_pool
+from llmrl.cards import get_card
+from llmrl.errors import UsageError
+from llmrl.knowledge import KnowledgeBase, KnowledgeItem
+from llmrl.learner import Learner, make_injector
+from llmrl.metrics import LocalityProbe, agreement, locality_prompts
+from llmrl.models import LoadedModel, load_model
+from llmrl.policy import LLMPolicy
+from llmrl.prompts import card_prompt
+from llmrl.strategies import METHODS
+
+#: The pool every N is drawn from (a seeded sample), so that the figures for different N share items.
+POOL_SIZE = 1000
+#: An erase is good when this share of the erased items' examples choose as the untouched model did ...
+RESTORED_MIN = 0.95
+#: ... and the items left lose at most this much reliability.
+KEPT_DROP_MAX = 0.05
+NO_CHANGES: dict[str, list[KnowledgeItem]] = {"insert": [], "modify": [], "retain": [], "erase": []}
+
+
+@dataclass
+class CapacityResult:
+    method: str
+    items: int
+    sequential: bool
+    seed: int
+    model: str
+    origins: dict[str, int]
+    #: The untouched model's agreement with the items' actions on their examples.
+    reliability_before: float
+    reliability: float
+    generalization: float | None
+    locality_kl: float
+    locality_top1: float
+    edit_seconds: float
+    #: Scalars the edits change: the edit's count in batch, the largest edit's in sequential (each edit
+    #: of a method writes the same modules).
+    params_touched: int
+    erase: list[dict[str, Any]]
+    erase_ok: bool
+    undo_exact: bool
+    wall_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_digest(lm: LoadedModel) -> str:
+    """SHA-256 over every parameter and buffer, in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in lm.model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Bench:
+    """The policies, knowledge bases and learner of one benchmark, with the measurements they share."""
+
+    def __init__(self, lm: LoadedModel, items: list[PoolItem], method: str, sequential: bool):
+        self.lm, self.items = lm, items
+        spec = METHODS[method]
+        self.tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]] = {}
+        for p in items:
+            if p.card not in self.tasks:
+                card = get_card(p.card)[0]
+                policy = LLMPolicy(lm, card_prompt(card), default_action=card.action_words.index(
+                    card.default_action_word))
+                self.tasks[p.card] = (policy, KnowledgeBase())
+        self.prompts = {k: policy.prompt for k, (policy, _) in self.tasks.items()}
+        self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(spec.options)), None,
+                               "sequential" if sequential else "rebuild")
+        #: The untouched model's action index on every example text, per card.
+        self.untouched = {k: self._choices(k, [t for p in items if p.card == k for t in p.item.examples])
+                          for k in self.tasks}
+
+    def _choices(self, card: str, texts: list[str]) -> dict[str, int]:
+        policy = self.tasks[card][0]
+        return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
+
+    def reliability(self, items: list[PoolItem]) -> float | None:
+        return _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.item.examples])
+
+    def generalization(self, items: list[PoolItem]) -> float | None:
+        """The mean of: fresh observations, and the examples under the reworded prompt (as llmrl.metrics)."""
+        parts = [_pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])]
+        edited = {k: policy.prompt for k, (policy, _) in self.tasks.items()}  # a context edit's prompt
+        for policy, _ in self.tasks.values():
+            policy.set_prompt(replace(policy.prompt, style="reworded"))
+        try:
+            parts.append(self.reliability(items))
+        finally:
+            for k, (policy, _) in self.tasks.items():
+                policy.set_prompt(edited[k])
+        known = [x for x in parts if x is not None]
+        return sum(known) / len(known) if known else None
+
+    def restored(self, items: list[PoolItem]) -> float:
+        """Share of the items' examples on which the policy chooses what the untouched model chose."""
+        pairs = [(p.card, t, self.tasks[p.card][0].action_words[self.untouched[p.card][t]])
+                 for p in items for t in p.item.examples]
+        return _pooled(self.tasks, pairs) or 0.0
+
+    def insert(self, sequential: bool) -> None:
+        if not sequential:
+            for p in self.items:
+                self.tasks[p.card][1].items[p.item.situation] = p.item
+            self.learner.rebuild()
+            return
+        for p in self.items:
+            self.tasks[p.card][1].items[p.item.situation] = p.item
+            self.learner.apply(p.card, {**NO_CHANGES, "insert": [p.item]})
+
+    def erase(self, gone: list[PoolItem], sequential: bool) -> None:
+        for p in gone:
+            kb = self.tasks[p.card][1]
+            kb.erased.append(kb.items.pop(p.item.situation))
+        if not sequential:
+            self.learner.rebuild()
+            return
+        for card in dict.fromkeys(p.card for p in gone):
+            self.learner.apply(card, {**NO_CHANGES, "erase": [p.item for p in gone if p.card == card]})
+
+
+def _pooled(tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], triples: list[tuple[str, str, str]]
+            ) -> float | None:
+    """Agreement over (card, text, action word) triples, each card's texts scored by its own policy."""
+    if not triples:
+        return None
+    hits = 0.0
+    for card, (policy, _) in tasks.items():
+        pairs = [(t, a) for c, t, a in triples if c == card]
+        if pairs:
+            hits += (agreement(policy, pairs) or 0.0) * len(pairs)
+    return hits / len(triples)
+
+
+def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, model: str | None = None,
+                 device: str = "auto", dtype: str = "auto", pool: Path | None = None) -> CapacityResult:
+    """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if n < 1:
+        raise UsageError("--items must be at least 1")
+    start = time.perf_counter()
+    drawn = load_pool(pool) if pool is not None else build_pool(max(n, POOL_SIZE))
+    if n > len(drawn):
+        raise UsageError(f"--items {n} is more than the pool's {len(drawn)} items")
+    rng = random.Random(seed)
+    items = rng.sample(drawn, n)
+    torch.manual_seed(seed)
+    lm = load_model(model, device, dtype)
+    before = model_digest(lm)
+    bench = _Bench(lm, items, method, sequential)
+    probe = LocalityProbe(lm, locality_prompts("eval"))
+    reliability_before = bench.reliability(items) or 0.0
+
+    bench.insert(sequential)
+    edits = [e for _, e in bench.learner.edits]
+    reliability = bench.reliability(items) or 0.0
+    generalization = bench.generalization(items)
+    locality = probe.measure()
+
+    erase, left = [], list(items)
+    for count in (1, 10):
+        if len(left) < count:
+            break
+        gone = rng.sample(left, count)
+        left = [p for p in left if p not in gone]
+        kept_before = bench.reliability(left)
+        t0 = time.perf_counter()
+        bench.erase(gone, sequential)
+        seconds = time.perf_counter() - t0
+        kept = bench.reliability(left)
+        erase.append({"erased": count, "restored": bench.restored(gone), "kept_before": kept_before,
+                      "kept": kept, "seconds": seconds})
+    erase_ok = all(e["restored"] >= RESTORED_MIN
+                   and (e["kept"] is None or e["kept_before"] - e["kept"] <= KEPT_DROP_MAX) for e in erase)
+
+    bench.learner.undo_to(0)
+    undo_exact = model_digest(lm) == before and all(
+        policy.prompt == bench.prompts[k] for k, (policy, _) in bench.tasks.items())
+    return CapacityResult(
+        method=method, items=n, sequential=sequential, seed=seed, model=lm.name,
+        origins={o: sum(p.origin == o for p in items) for o in ("run", "counterfactual", "observation")},
+        reliability_before=reliability_before, reliability=reliability, generalization=generalization,
+        locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
+        edit_seconds=sum(e.seconds for e in edits), params_touched=max((e.params_touched for e in edits), default=0),
+        erase=erase, erase_ok=erase_ok, undo_exact=undo_exact, wall_seconds=time.perf_counter() - start)

@@ -1,0 +1,91 @@
+"""``llmrl bench edits``: every method inserts, measures, erases and undoes exactly, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmrl.capacity import bench
+from llmrl.capacity.pool import build_pool, save_pool
+from llmrl.cli import main
+from llmrl.strategies import METHODS
+from tests.helpers import one_error_line
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KEYS = {"method", "items", "sequential", "reliability", "generalization", "locality_kl", "locality_top1",
+        "edit_seconds", "params_touched", "erase_ok", "undo_exact"}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.json"
+    save_pool(path, build_pool(16, seed=0, cards=["CartPole-v1", "MountainCar-v0"], episodes=6, max_steps=40))
+    return path
+
+
+def bench_json(capsys, pool, *extra: str) -> dict:
+    assert main(["bench", "edits", "--pool", str(pool), "--model", "tiny", "--dtype", "float32", "--json",
+                 *extra]) == 0
+    return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+# eleven adapter trainings and their replays take a minute and a half: the slow set
+CASES = [pytest.param(m, s, id=f"{m}-{'sequential' if s else 'batch'}",
+                      marks=[pytest.mark.slow] if (m, s) == ("lora", True) else [])
+         for m in METHODS for s in (False, True)]
+
+
+@pytest.mark.parametrize("method, sequential", CASES)
+def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, sequential):
+    out = bench_json(capsys, pool, "--method", method, "--items", "11", *(["--sequential"] if sequential else []))
+    assert KEYS <= set(out) and (out["method"], out["items"], out["sequential"]) == (method, 11, sequential)
+    assert sum(out["origins"].values()) == 11
+    for key in ("reliability_before", "reliability", "generalization", "locality_top1"):
+        assert 0 <= out[key] <= 1
+    assert out["locality_kl"] >= 0
+    if method == "alphaedit":
+        # with the default statistics the tiny model's key covariance has no eigenvalue below 1 % of its
+        # largest: AlphaEdit's null space is empty and its update zero (test_inject_null_space.py edits there)
+        assert out["params_touched"] == 0
+    else:
+        assert (out["params_touched"] > 0) == (METHODS[method].strategy != "context")
+    assert out["undo_exact"] is True
+    # one item, then the ten left: with all eleven erased, nothing is in force and every choice is the
+    # untouched model's again
+    one, ten = out["erase"]
+    assert (one["erased"], ten["erased"]) == (1, 10)
+    assert ten["restored"] == 1.0 and ten["kept"] is None
+
+
+def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):
+    monkeypatch.setattr(bench.Learner, "undo_to", lambda self, n: None)
+    assert bench_json(capsys, pool, "--method", "memit", "--items", "3")["undo_exact"] is False
+
+
+def test_the_digest_sees_a_weights_edit_and_not_a_context_edit(pool):
+    from llmrl.capacity.pool import load_pool
+    from llmrl.models import load_model
+
+    lm = load_model("tiny", "cpu", "float32")
+    items = load_pool(pool)[:4]
+    before = bench.model_digest(lm)
+    for method, changes in (("context", False), ("memit", True)):
+        run = bench._Bench(lm, items, method, sequential=False)
+        run.insert(sequential=False)
+        assert (bench.model_digest(lm) != before) == changes
+        run.learner.undo_to(0)
+        assert bench.model_digest(lm) == before
+
+
+def test_bench_edits_errors(capsys, pool, tmp_path):
+    assert "unknown method 'nope'" in one_error_line(capsys, "bench", "edits", "--method", "nope", "--items", "2",
+                                                     "--pool", str(pool), "--model", "tiny")
+    assert "--items must be at least 1" in one_error_line(capsys, "bench", "edits", "--method", "context",
+                                                          "--items", "0", "--pool", str(pool), "--model", "tiny")
+    assert "more than the pool's 16 items" in one_error_line(
+        capsys, "bench", "edits", "--method", "context", "--items", "17", "--pool", str(pool), "--model", "tiny")
+    (tmp_path / "bad.json").write_text("[1]")
+    assert "cannot read the item pool" in one_error_line(
+        capsys, "bench", "edits", "--method", "context", "--items", "1", "--pool", str(tmp_path / "bad.json"))
