@@ -83,6 +83,8 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("context", "context", (), "in-context editing: rules and demonstrations",
            "IKE (Zheng et al., EMNLP 2023)"),
+    Method("rag", "context", (("rules", False), ("k", 4)), "retrieval augmentation: k stored cases per "
+           "observation", "RAG (Lewis et al., NeurIPS 2020)"),
     Method("lora", "adapter", (), "reparameterised PET", "LoRA (Hu et al., ICLR 2022)"),
     Method("rome", "weights", (("method", "rome"),), "locate-then-edit", "ROME (Meng et al., NeurIPS 2022)"),
     Method("memit", "weights", (("method", "memit"),), "locate-then-edit", "MEMIT (Meng et al., ICLR 2023)"),

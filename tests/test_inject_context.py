@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmrl.baselines import make_baseline
@@ -54,3 +55,28 @@ def test_retrieved_cases_match_the_situation_and_precede_the_observation(tiny):
     assert SIT_L not in decorated and decorated.count(p.rendered.suffix + "right") == 2
     assert p.transform(["no situation here"]) == ["no situation here"]
     assert p.scores([query]).shape == (1, 2)
+
+
+def test_retrieval_alone_stores_every_example_and_looks_up_its_own_text(tiny):
+    p = policy(tiny)
+    before_prefix = p.decision_prompt("X")
+    query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
+    # an item keyed by one whole observation is filed under the situation its text ends with
+    single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
+    edit = ContextInjector(rules=False, k=2).inject(p, [*items(), single])
+    assert p.decision_prompt("X") == before_prefix  # no rules, no demonstrations
+    assert (edit.info["rules"], edit.info["demonstrations"], edit.info["cases"]) == (0, 0, 7)
+    (decorated,) = p.transform([query])
+    # the most similar case of the situation is the text itself, answered with its item's action
+    assert decorated.startswith(p.rendered.turn(query, "right")) and decorated.endswith(query)
+    assert decorated.count("Situation: ") == 3 and SIT_R not in decorated
+    # with rules, a text never retrieves itself (its item's rule and demonstrations hold it)
+    edit.undo()
+    assert p.transform is None and p.decision_prompt("X") == before_prefix
+    ContextInjector(demos=0, k=2).inject(p, [*items(), single])
+    assert not p.transform([query])[0].startswith(p.rendered.turn(query, "right"))
+
+
+def test_retrieval_alone_needs_k():
+    with pytest.raises(ValueError, match="needs k >= 1"):
+        ContextInjector(rules=False, k=0)

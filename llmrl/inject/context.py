@@ -8,6 +8,11 @@ KV cache is computed once. Optionally (SERAC / ExpeL-style memory), each
 observation is also preceded by up to ``k`` stored cases of its own
 situation, the closest first by cosine similarity of the model's own
 mean-pooled hidden states. Everything stays within ``max_tokens``.
+
+With ``rules: false`` the edit is retrieval alone (RAG, Lewis et al., NeurIPS
+2020): no rules and no demonstrations, every example of every item stored as
+a case, ``k`` of them retrieved per observation. The prompt then grows with
+``k``, not with the number of items, which is how a thousand items fit.
 """
 
 from __future__ import annotations
@@ -51,40 +56,51 @@ def select(policy: LLMPolicy, items: list[KnowledgeItem], demos: int, budget: in
     return kept, ("\n".join(lines) if kept else ""), shots, used
 
 
+def _situation(text: str) -> str | None:
+    match = _SITUATION.search(text)
+    return match.group(1) if match else None
+
+
 class CaseMemory:
-    """Stored (observation, action) cases retrieved by situation, then by hidden-state similarity."""
+    """Stored (observation, action) cases retrieved by situation, then by hidden-state similarity.
+
+    Cases are filed under the situation their text ends with, so an item keyed by one whole observation
+    shares its situation's cases. ``own``: whether an observation may retrieve a case of its very text
+    (a lookup, as retrieval-only editing needs); rules and demonstrations already hold those otherwise.
+    """
 
     def __init__(self, policy: LLMPolicy, items: list[KnowledgeItem], k: int, budget: int, layer: float,
-                 cache_size: int = 65536):
-        self.policy, self.k, self.budget = policy, k, budget
+                 own: bool = False, cache_size: int = 65536, batch_size: int = 64):
+        self.policy, self.k, self.budget, self.own, self.batch_size = policy, k, budget, own, batch_size
         self.layer = max(1, round(layer * policy.lm.model.config.num_hidden_layers))
         self.cases: dict[str, list[tuple[str, str]]] = {}
         for item in items:
-            self.cases.setdefault(item.situation, []).extend((text, item.action) for text in item.examples)
+            for text in item.examples:
+                self.cases.setdefault(_situation(text) or item.situation, []).append((text, item.action))
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._embed([t for cases in self.cases.values() for t, _ in cases])
 
     def _embed(self, texts: list[str]) -> None:
-        """Mean-pooled hidden states at ``layer`` for texts not yet embedded (one batched forward)."""
+        """Mean-pooled hidden states at ``layer`` for texts not yet embedded (batched forwards)."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._embeddings))
-        if not todo:
-            return
         lm = self.policy.lm
-        batch = lm.tokenizer(todo, add_special_tokens=False, padding=True, return_tensors="pt").to(lm.device)
-        with torch.inference_mode():
-            hidden = lm.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
-        mask = batch.attention_mask.unsqueeze(-1).float()
-        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).cpu()
-        for text, vec in zip(todo, pooled):
-            self._embeddings[text] = vec
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            batch = lm.tokenizer(chunk, add_special_tokens=False, padding=True, return_tensors="pt").to(lm.device)
+            with torch.inference_mode():
+                hidden = lm.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
+            mask = batch.attention_mask.unsqueeze(-1).float()
+            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).cpu()
+            for text, vec in zip(chunk, pooled):
+                self._embeddings[text] = vec
         while len(self._embeddings) > self._cache_size:
             self._embeddings.popitem(last=False)
 
     def retrieve(self, text: str) -> list[tuple[str, str]]:
         """Up to ``k`` cases of the text's situation, most similar first."""
-        match = _SITUATION.search(text)
-        cases = [c for c in self.cases.get(match.group(1), []) if c[0] != text] if match else []
+        situation = _situation(text)
+        cases = [c for c in self.cases.get(situation, []) if self.own or c[0] != text] if situation else []
         if len(cases) <= self.k:
             return cases
         self._embed([text])
@@ -103,23 +119,31 @@ class CaseMemory:
 
 
 class ContextInjector:
-    """Rules and demonstrations in the cached prefix, plus ``k`` retrieved cases per observation."""
+    """Rules and demonstrations in the cached prefix, plus ``k`` retrieved cases per observation
+    (``rules: false``: the retrieved cases alone)."""
 
     name = "context"
 
-    def __init__(self, demos: int = 1, k: int = 0, max_tokens: int = 1024, embed_layer: float = 0.5):
+    def __init__(self, demos: int = 1, k: int = 0, max_tokens: int = 1024, embed_layer: float = 0.5,
+                 rules: bool = True):
         if demos < 0 or k < 0 or max_tokens < 1 or not 0 < embed_layer <= 1:
             raise ValueError("demos >= 0, k >= 0, max_tokens >= 1 and 0 < embed_layer <= 1 are required")
+        if not rules and k < 1:
+            raise ValueError("retrieval alone (rules: false) needs k >= 1")
         self.demos, self.k, self.max_tokens, self.embed_layer = demos, k, max_tokens, embed_layer
+        self.rules = rules
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         t0 = time.perf_counter()
         original_prompt, original_transform = policy.prompt, policy.transform
-        kept, rules, shots, used = select(policy, items, self.demos, self.max_tokens)
+        if self.rules:
+            kept, rules, shots, used = select(policy, items, self.demos, self.max_tokens)
+        else:
+            kept, rules, shots, used = list(items), "", [], 0
         context = "\n".join(p for p in (original_prompt.context, rules) if p)
         policy.set_prompt(replace(original_prompt, context=context, shots=original_prompt.shots + shots))
         if self.k:
-            memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer)
+            memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer, own=not self.rules)
             policy.transform = memory.decorate
 
         def undo() -> None:
@@ -127,5 +151,7 @@ class ContextInjector:
             policy.transform = original_transform
 
         return Edit("context", list(items), time.perf_counter() - t0, 0, undo,
-                    info={"rules": len(kept), "demonstrations": len(shots), "context_tokens": used, "k": self.k,
+                    info={"rules": len(kept) if self.rules else 0,
+                          "cases": sum(len(i.examples) for i in kept) if self.k else 0,
+                          "demonstrations": len(shots), "context_tokens": used, "k": self.k,
                           "prefix_tokens": policy.prefix_tokens})
