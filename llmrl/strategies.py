@@ -90,6 +90,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("memit", "weights", (("method", "memit"),), "locate-then-edit", "MEMIT (Meng et al., ICLR 2023)"),
     Method("alphaedit", "weights", (("method", "memit"), ("null_space", True)),
            "locate-then-edit, null-space projected", "AlphaEdit (Fang et al., ICLR 2025)"),
+    Method("ft-l", "weights", (("method", "ft-l"),), "locate-then-edit: constrained fine-tuning",
+           "FT-L (Zhu et al., 2020; the baseline of ROME, Meng et al., NeurIPS 2022)"),
 )}
 
 

@@ -1,4 +1,4 @@
-"""The weights strategy (ROME / MEMIT) on tiny models of both layouts, plus a real-model check.
+"""The weights strategy (ROME, MEMIT, FT-L) on tiny models of both layouts, plus a real-model check.
 
 A random model hardly reads anything from a position's residual after the
 first block, so no edit there can move its answer. The tiny models here are
@@ -424,3 +424,48 @@ def test_real_memit_cartpole_items_are_reliable(real):
         assert 0.99 * 5 * 576 * 1536 < edit.params_touched <= 5 * 576 * 1536  # float32 may absorb tiny changes
     finally:
         edit.undo()
+
+
+# -- FT-L: one projection fine-tuned within an L-infinity bound --------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_ft_l_moves_one_projection_within_its_bound_and_undo_is_exact(trained_models, kind):
+    lm = trained_copy(trained_models, kind)
+    policy = signal_policy(lm)
+    items = signal_items(CHANGED)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    digest = checksum(lm.model)
+    assert reliability(policy, items) == 0.0  # the model was trained on other answers
+    bound = 0.05
+    edit = WeightsInjector(method="ft-l", ft_bound=bound, ft_lr=0.01, ft_passes=40).inject(policy, items)
+    assert reliability(policy, items) == 1.0
+    layout = find_layout(lm.model)
+    layer = edit.info["items"]["layer"]
+    moved = {n for n, p in lm.model.named_parameters() if not torch.equal(p, before[n])}
+    (name,) = moved
+    assert lm.model.get_parameter(name) is layout.projections[layer].weight
+    assert float((layout.projections[layer].weight - before[name]).abs().max()) <= bound + 1e-6  # float32 rounding
+    assert edit.params_touched == int((layout.projections[layer].weight != before[name]).sum()) > 0
+    edit.undo()
+    assert checksum(lm.model) == digest
+
+
+def test_ft_l_bound_holds_where_the_items_need_more(trained_models):
+    lm = trained_copy(trained_models, "llama")
+    policy = signal_policy(lm)
+    items = signal_items({RED: "go"})
+    weight = find_layout(lm.model).projections[0].weight
+    original = weight.detach().clone()
+    edit = WeightsInjector(method="ft-l", ft_bound=1e-4, ft_lr=0.01, ft_passes=10).inject(policy, items)
+    assert float((weight - original).abs().max()) <= 1e-4 + 1e-6
+    assert edit.info["items"]["max_nll"] > 0.05 and edit.info["items"]["steps"] == 10
+    assert reliability(policy, items) == 0.0  # too small a change to move the answer
+
+
+def test_ft_l_errors(trained_models):
+    with pytest.raises(UsageError, match="ft-l edits exactly one layer"):
+        WeightsInjector(method="ft-l", layers=[0, 1]).inject(signal_policy(trained_copy(trained_models, "llama")),
+                                                             signal_items({RED: "go"}))
+    with pytest.raises(UsageError, match="ft_passes and ft_batch must be >= 1"):
+        WeightsInjector(method="ft-l", ft_bound=0)

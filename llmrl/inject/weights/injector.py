@@ -14,6 +14,7 @@ import torch
 from llmrl.engine import Engine
 from llmrl.errors import UsageError
 from llmrl.inject import Edit
+from llmrl.inject.weights.finetune import finetune
 from llmrl.inject.weights.forwards import (Rows, answer_logp, block_output, cache_rows, frozen, mean_per_item,
                                            next_logp, replay, subject_states)
 from llmrl.inject.weights.layout import Layout, find_layout, resolve_layers
@@ -24,7 +25,7 @@ from llmrl.knowledge import KnowledgeItem, spread
 from llmrl.models import cache_dir
 from llmrl.policy import LLMPolicy
 
-METHODS = ("rome", "memit")
+METHODS = ("rome", "memit", "ft-l")
 
 
 #: MEMIT's λ per edited item (see WeightsInjector).
@@ -82,6 +83,12 @@ class WeightsInjector:
     do not move, and it also fits the keys of this injector's earlier edits
     still in force, so that a later edit leaves them in place;
     ``null_space_l2`` is the ridge term. Undoing an edit forgets its keys.
+
+    ``method: ft-l`` is constrained fine-tuning instead (:mod:`.finetune`): no
+    keys, values or statistics; ``ft_passes`` passes of Adam at ``ft_lr`` over
+    the items' example prompts, ``ft_batch`` per step, on the one layer of
+    ``layers`` (default: ROME's), every weight kept within ``ft_bound`` of its
+    value; it stops once every row's NLL is below ``stop_nll``.
     """
 
     name: ClassVar[str] = "weights"
@@ -107,6 +114,10 @@ class WeightsInjector:
     null_space: bool = False
     null_space_rtol: float = 1e-2
     null_space_l2: float = 1.0
+    ft_passes: int = 25
+    ft_lr: float = 5e-4
+    ft_bound: float = 5e-4
+    ft_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -119,6 +130,8 @@ class WeightsInjector:
             raise UsageError(f"essence template {self.essence!r} needs exactly one {{}} for the situation")
         if self.null_space and self.method != "memit":
             raise UsageError("null_space projects MEMIT's update; use method: memit")
+        if min(self.ft_passes, self.ft_batch) < 1 or min(self.ft_lr, self.ft_bound) <= 0:
+            raise UsageError("ft_passes and ft_batch must be >= 1, ft_lr and ft_bound > 0")
         if not 0 < self.null_space_rtol < 1 or self.null_space_l2 <= 0:
             raise UsageError("0 < null_space_rtol < 1 and null_space_l2 > 0 are required")
         #: Per layer, the key of each (policy, situation) whose latest edit is in force, and the null-space
@@ -143,10 +156,16 @@ class WeightsInjector:
         items = [item for _, its in pairs for item in its]
         if not items:
             raise UsageError("no knowledge items to inject")
-        plans = [self._plan(p, item) for p, its in pairs for item in its]
-        t1 = time.perf_counter()
-        moments, stats = self.statistics(policy, layout, layers, pairs[0][1])
-        stats_seconds = time.perf_counter() - t1
+        if self.method == "ft-l":
+            for p, its in pairs:
+                for item in its:
+                    self._check(p, item)
+            plans, moments, stats, stats_seconds = [], {}, {}, 0.0
+        else:
+            plans = [self._plan(p, item) for p, its in pairs for item in its]
+            t1 = time.perf_counter()
+            moments, stats = self.statistics(policy, layout, layers, pairs[0][1])
+            stats_seconds = time.perf_counter() - t1
         originals = {layer: layout.projections[layer].weight.detach().clone() for layer in layers}
         edited_before = {layer: dict(keys) for layer, keys in self._edited.items()}
 
@@ -164,8 +183,12 @@ class WeightsInjector:
         engine = Engine(model, policy.lm.tokenizer.pad_token_id)
         try:
             with frozen(model):
-                edit = self._rome if self.method == "rome" else self._memit
-                report = edit(engine, layout, layers, plans, moments)
+                if self.method == "ft-l":
+                    report = finetune(engine, layout, layers[0], pairs, self.ft_passes, self.ft_lr, self.ft_bound,
+                                      self.ft_batch, self.stop_nll, self.stats_seed)
+                else:
+                    edit = self._rome if self.method == "rome" else self._memit
+                    report = edit(engine, layout, layers, plans, moments)
         except BaseException:
             restore()
             raise
@@ -178,11 +201,15 @@ class WeightsInjector:
 
     # -- preparing prompts ---------------------------------------------------------------------
 
-    def _plan(self, policy: LLMPolicy, item: KnowledgeItem) -> _Plan:
+    @staticmethod
+    def _check(policy: LLMPolicy, item: KnowledgeItem) -> None:
         if item.action not in policy.action_words:
             raise UsageError(f"item action {item.action!r} is not one of {policy.action_words}")
         if not item.examples:
             raise UsageError(f"item for {item.situation!r} has no example observations to edit on")
+
+    def _plan(self, policy: LLMPolicy, item: KnowledgeItem) -> _Plan:
+        self._check(policy, item)
         tok = policy.lm.tokenizer
         keys = spread(list(dict.fromkeys(item.examples)), self.key_examples)
         values = spread(keys, self.value_examples)

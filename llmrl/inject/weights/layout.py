@@ -14,8 +14,9 @@ from llmrl.errors import UsageError
 #: Default layers as fractions of depth (0 = first block, 1 = last): for the 30-block default
 #: model MEMIT edits blocks 9, 10, 12, 13 and 14 (rounding skips 11) and ROME block 12. On 32
 #: Taxi items MEMIT at 0.3-0.5 beat 0.1-0.3 and 0.4-0.6 in reliability and locality
-#: (scripts/bench_memit.py); for GPT-2 XL this lands near MEMIT's 13-17 and ROME's 17 of 48.
-DEFAULT_LAYERS = {"rome": (0.4,), "memit": (0.3, 0.35, 0.4, 0.45, 0.5)}
+#: (scripts/bench_memit.py); for GPT-2 XL this lands near MEMIT's 13-17 and ROME's 17 of 48. FT-L
+#: fine-tunes ROME's layer, as ROME's comparison does.
+DEFAULT_LAYERS = {"rome": (0.4,), "memit": (0.3, 0.35, 0.4, 0.45, 0.5), "ft-l": (0.4,)}
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ def resolve_layers(spec: Sequence[int | float] | None, depth: int, method: str) 
     layers = sorted(set(chosen))
     if not layers:
         raise UsageError("no layers to edit")
-    if layers[-1] == depth - 1:
+    if layers[-1] == depth - 1 and method != "ft-l":
         raise UsageError(f"layer {layers[-1]} is the last block; the value vector needs a block after it "
                          "to reach the answer")
-    if method == "rome" and len(layers) != 1:
-        raise UsageError(f"ROME edits exactly one layer, got {layers}")
+    if method in ("rome", "ft-l") and len(layers) != 1:
+        raise UsageError(f"{method} edits exactly one layer, got {layers}")
     return layers
