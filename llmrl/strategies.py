@@ -86,6 +86,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rag", "context", (("rules", False), ("k", 4)), "retrieval augmentation: k stored cases per "
            "observation", "RAG (Lewis et al., NeurIPS 2020)"),
     Method("lora", "adapter", (), "reparameterised PET", "LoRA (Hu et al., ICLR 2022)"),
+    Method("ia3", "adapter", (("kind", "ia3"),), "additive PET: learned activation scales",
+           "IA3 (Liu et al., NeurIPS 2022)"),
+    Method("bitfit", "adapter", (("kind", "bitfit"),), "specification PET: biases only",
+           "BitFit (Ben Zaken et al., ACL 2022)"),
     Method("rome", "weights", (("method", "rome"),), "locate-then-edit", "ROME (Meng et al., NeurIPS 2022)"),
     Method("memit", "weights", (("method", "memit"),), "locate-then-edit", "MEMIT (Meng et al., ICLR 2023)"),
     Method("alphaedit", "weights", (("method", "memit"), ("null_space", True)),

@@ -31,9 +31,9 @@ def bench_json(capsys, pool, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
-# eleven adapter trainings and their replays take a minute and a half: the slow set
+# eleven adapter trainings and their replays take a minute and more: the slow set
 CASES = [pytest.param(m, s, id=f"{m}-{'sequential' if s else 'batch'}",
-                      marks=[pytest.mark.slow] if (m, s) == ("lora", True) else [])
+                      marks=[pytest.mark.slow] if s and METHODS[m].strategy == "adapter" else [])
          for m in METHODS for s in (False, True)]
 
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers.pytorch_utils import Conv1D
+from peft import PeftModel
 
 from llmrl.engine import Engine
 from llmrl.inject import Edit
@@ -30,6 +26,7 @@ from llmrl.inject.adapter.objective import (
     prefix_batch,
     row_losses,
 )
+from llmrl.inject.adapter.tuners import KINDS, BiasTuner, PeftTuner, carries_adapter
 from llmrl.knowledge import KnowledgeItem
 from llmrl.metrics import locality_prompts as shipped_locality_prompts
 from llmrl.policy import LLMPolicy
@@ -55,27 +52,17 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
     raise ValueError(f"no known layer names in {type(model).__name__}; pass target_modules")
 
 
-def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in model.named_parameters() if "lora_" in n]
-
-
 # -- the live adapter --------------------------------------------------------------------------
 
 
 class AdapterHandle:
-    """The live adapter of one edit: switch it off and on, merge it, remove it exactly.
+    """The live adapter of one edit: switch it off and on, merge it, remove it exactly (see :mod:`.tuners`)."""
 
-    peft would unmerge by subtracting the low-rank product, which rounds;
-    here the weights a merge changes are copied first and written back when
-    the adapter is switched off or removed, so the base weights return bit-exactly.
-    """
-
-    def __init__(self, policies: list[LLMPolicy], peft_model: PeftModel, requires_grad: dict[str, bool],
+    def __init__(self, policies: list[LLMPolicy], tuner: PeftTuner | BiasTuner, requires_grad: dict[str, bool],
                  training: bool):
         #: The policies (on one model) whose scores the adapter changes: their caches go stale with it.
-        self.policies, self.peft_model = list(policies), peft_model
+        self.policies, self.tuner = list(policies), tuner
         self._requires_grad, self._training = requires_grad, training
-        self._backup: dict[LoraLayer, torch.Tensor] = {}
         self.enabled = True
         self.attached = True
         #: What the adapter was trained to do: (policy, item) pairs, an item dropped when a later one of
@@ -84,16 +71,18 @@ class AdapterHandle:
 
     @property
     def merged(self) -> bool:
-        return bool(self._backup)
+        return self.tuner.merged
+
+    @property
+    def peft_model(self) -> PeftModel | None:
+        """peft's model of a LoRA or IA3 adapter (None for BitFit)."""
+        return getattr(self.tuner, "peft_model", None)
 
     def set_enabled(self, flag: bool) -> None:
         """Switch the adapter's effect on or off (a merged adapter is first unmerged exactly)."""
         if not flag:
-            self._unmerge()
-        if flag:
-            self.peft_model.base_model.enable_adapter_layers()
-        else:
-            self.peft_model.base_model.disable_adapter_layers()
+            self.tuner.unmerge()
+        self.tuner.enable(flag)
         self.enabled = flag
         self.invalidate()
 
@@ -103,22 +92,12 @@ class AdapterHandle:
             return
         if not self.enabled:
             self.set_enabled(True)
-        layers = [m for m in self.peft_model.modules() if isinstance(m, LoraLayer)]
-        self._backup = {layer: layer.get_base_layer().weight.detach().clone() for layer in layers}
-        self.peft_model.merge_adapter()
+        self.tuner.merge()
         self.invalidate()
-
-    def _unmerge(self) -> None:
-        with torch.no_grad():
-            for layer, weight in self._backup.items():
-                layer.get_base_layer().weight.copy_(weight)
-                layer.merged_adapters = []
-        self._backup = {}
 
     def remove(self) -> None:
         """Take the adapter out: the original modules, weights, grad flags and train/eval mode return."""
-        self._unmerge()
-        self.peft_model.unload()
+        self.tuner.remove()
         self.attached = False
         model = self.policies[0].lm.model
         for name, param in model.named_parameters():
@@ -151,8 +130,13 @@ class Task:
 
 
 class AdapterInjector:
-    """Train a fresh LoRA adapter on the items, inside the policy's own model.
+    """Train a fresh adapter on the items, inside the policy's own model.
 
+    ``kind``: ``lora`` (reparameterised PET), ``ia3`` (additive PET: learned
+    scales of the target layers' activations) or ``bitfit`` (specification PET:
+    the target layers' biases alone); :mod:`.tuners` has each. The objective,
+    its locality terms and everything below apply to every kind; ``rank``,
+    ``alpha`` and ``dropout`` are LoRA's alone.
     ``rank``, ``alpha``, ``dropout``: the LoRA update ``alpha / rank * B A``.
     ``target_modules``: layer names peft matches by suffix (default: the MLPs
     of :data:`LAYOUTS`); ``layers``: only these decoder layers (default: all).
@@ -175,7 +159,7 @@ class AdapterInjector:
 
     name = "adapter"
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+    def __init__(self, kind: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] | None = None, layers: list[int] | None = None,
                  objective: Literal["choice", "lm"] = "choice", steps: int = 40, lr: float = 2e-3,
                  batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
@@ -189,9 +173,11 @@ class AdapterInjector:
         if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss, keep_weight) < 0:
             raise ValueError("0 <= dropout < 1 and answer_weight, locality_weight, stop_loss, keep_weight >= 0 "
                              "are required")
+        if kind not in KINDS:
+            raise ValueError(f"bad adapter kind {kind!r}; choose one of {', '.join(KINDS)}")
         if objective not in OBJECTIVES:
             raise ValueError(f"bad objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        self.rank, self.alpha, self.dropout = rank, alpha, dropout
+        self.kind, self.rank, self.alpha, self.dropout = kind, rank, alpha, dropout
         self.target_modules, self.layers, self.objective = target_modules, layers, objective
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
         self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
@@ -200,11 +186,11 @@ class AdapterInjector:
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
 
-    def _config(self, model: torch.nn.Module) -> LoraConfig:
+    def _attach(self, model: torch.nn.Module) -> PeftTuner | BiasTuner:
         targets = self.target_modules or default_target_modules(model)
-        conv1d = any(isinstance(m, Conv1D) for n, m in model.named_modules() if any(n.endswith(t) for t in targets))
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          layers_to_transform=self.layers, fan_in_fan_out=conv1d, bias="none")
+        if self.kind == "bitfit":
+            return BiasTuner(model, targets, self.layers)
+        return PeftTuner(model, self.kind, targets, self.layers, self.rank, self.alpha, self.dropout)
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         """Attach a new adapter to ``policy.lm.model``, train it on ``items`` and return the edit.
@@ -228,7 +214,7 @@ class AdapterInjector:
         model = pairs[0][0].lm.model
         if any(p.lm.model is not model for p, _ in pairs):
             raise ValueError("a joint edit needs every policy on the same model")
-        if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        if carries_adapter(model):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
         pairs = [(p, _trainable(p, items, len(pairs) > 1)) for p, items in pairs]
         pairs = [(p, items) for p, items in pairs if items]
@@ -241,14 +227,11 @@ class AdapterInjector:
         training = model.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that peft still calls
-                peft_model = get_peft_model(model, self._config(model))
-            handle = AdapterHandle(policies, peft_model, requires_grad, training)
+            tuner = self._attach(model)
+            handle = AdapterHandle(policies, tuner, requires_grad, training)
             try:
-                final = self._train(engine, peft_model, tasks)
-                if self.save_dir is not None:
-                    peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
+                final = self._train(engine, tuner, tasks)
+                path = tuner.save(self.save_dir) if self.save_dir is not None else None
             except BaseException:  # no edit to undo would be returned: take the adapter out here
                 handle.remove()
                 raise
@@ -256,11 +239,11 @@ class AdapterInjector:
         handle.invalidate()
         self._live = handle
         handle.trained = [(p, i) for p, items in pairs for i in items]
-        info = {"rank": self.rank, "objective": self.objective, **final,
-                "target_modules": sorted(peft_model.peft_config["default"].target_modules), "adapter": handle}
-        if self.save_dir is not None:
-            info["path"] = str(self.save_dir / "adapter_model.safetensors")
-        params = sum(p.numel() for p in lora_parameters(model))
+        info = {"kind": self.kind, "rank": self.rank, "objective": self.objective, **final,
+                "target_modules": tuner.targets, "adapter": handle}
+        if path is not None:
+            info["path"] = str(path)
+        params = sum(p.numel() for p in tuner.parameters())
         return Edit("adapter", [i for _, items in pairs for i in items], time.perf_counter() - t0, params,
                     handle.remove, info=info)
 
@@ -281,7 +264,7 @@ class AdapterInjector:
         if live.merged or not live.enabled:
             raise RuntimeError("the adapter to train further is merged or switched off; unmerge or enable it first")
         model = policy.lm.model
-        params = lora_parameters(model)
+        params = live.tuner.parameters()
         before = [p.detach().clone() for p in params]
         training, trained = model.training, live.trained
         new = {i.situation for i in items}
@@ -300,9 +283,9 @@ class AdapterInjector:
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                final = self._train(engine, live.peft_model, [task], keep)
+                final = self._train(engine, live.tuner, [task], keep)
             if self.save_dir is not None:
-                live.peft_model.save_pretrained(self.save_dir, safe_serialization=True, save_embedding_layers=False)
+                live.tuner.save(self.save_dir)
         except BaseException:
             restore()
             raise
@@ -367,7 +350,7 @@ class AdapterInjector:
             kept.append(Kept(enc, choices, batches))
         return kept
 
-    def _train(self, engine: Engine, peft_model: PeftModel, tasks: list[Task], keep: list[Kept] = ()
+    def _train(self, engine: Engine, tuner: PeftTuner | BiasTuner, tasks: list[Task], keep: list[Kept] = ()
                ) -> dict[str, float | int]:
         """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
 
@@ -382,11 +365,9 @@ class AdapterInjector:
         model, tok, pad = policy.lm.model, policy.lm.tokenizer, _pad(policy)
         local = [tok(t, add_special_tokens=False).input_ids for t in locality_texts(self.locality_prompts, tok)]
         local_gen = torch.Generator().manual_seed(self.seed + 1)
-        opt = torch.optim.AdamW(lora_parameters(model), lr=self.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(tuner.parameters(), lr=self.lr, weight_decay=0.0)
         model.eval()
-        for layer in peft_model.modules():
-            if isinstance(layer, LoraLayer):
-                layer.lora_dropout.train()
+        tuner.train_mode()
         loss = answer_kl = kl = keep_kl = torch.zeros(())
         step = 0
         for step in range(1, self.steps * len(tasks) + 1):  # a joint edit: each task its own steps
@@ -401,7 +382,7 @@ class AdapterInjector:
                 answer_kl = kl_rows(ref, lump_actions(first, enc.actions)).mean()
             if self.locality_weight > 0:
                 pick = torch.randperm(len(local), generator=local_gen)[: self.locality_batch].tolist()
-                kl = locality_kl(peft_model, [local[i] for i in pick], pad)
+                kl = locality_kl(tuner, [local[i] for i in pick], pad)
             if keep:
                 group = keep[(step - 1) % len(keep)]
                 pairs = next(group.batches)

@@ -13,9 +13,9 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 
 from llmrl.engine import Batch, Engine
+from llmrl.inject.adapter.tuners import BiasTuner, PeftTuner
 from llmrl.knowledge import KnowledgeItem
 from llmrl.policy import LLMPolicy
 
@@ -137,15 +137,16 @@ def locality_texts(prompts: list[str], tokenizer) -> list[str]:
                                                           add_generation_prompt=True) for p in prompts]
 
 
-def locality_kl(peft_model: PeftModel, seqs: list[list[int]], pad: int) -> torch.Tensor:
+def locality_kl(tuner: PeftTuner | BiasTuner, seqs: list[list[int]], pad: int) -> torch.Tensor:
     """Mean next-token KL(frozen || adapted) over every real position of the token sequences."""
-    dev = next(peft_model.parameters()).device
+    model = tuner.model
+    dev = next(model.parameters()).device
     width = max(map(len, seqs))
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-    with torch.no_grad(), peft_model.disable_adapter():
-        ref = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    cur = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    with torch.no_grad(), tuner.disabled():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    cur = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
     return (kl_rows(ref, cur) * mask).sum() / mask.sum()
 
 
