@@ -14,19 +14,28 @@ from llmrl.inject.adapter import AdapterInjector
 from llmrl.models import LoadedModel
 from llmrl.policy import LLMPolicy
 from llmrl.prompts import Prompt
-from tests.test_inject_adapter import ALL_TEXTS, ITEMS, LEARN, WORDS, chosen, digest, make_policy, structure
-from tests.test_inject_adapter import tokenizer  # noqa: F401 - the fixture
+from tests.test_inject_adapter import (  # noqa: F401 - tokenizer: the fixture
+    ALL_TEXTS,
+    ITEMS,
+    LEARN,
+    WORDS,
+    chosen,
+    digest,
+    make_policy,
+    structure,
+    tokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 QUICK = dict(steps=4, lr=5e-2)
 
 
-def gpt2_policy(tokenizer) -> LLMPolicy:
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2)
+def gpt2_policy(tok) -> LLMPolicy:
+    config = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=2)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
-    return LLMPolicy(LoadedModel(model, tokenizer, "gpt2-tiny", torch.device("cpu"), torch.float32),
+    return LLMPolicy(LoadedModel(model, tok, "gpt2-tiny", torch.device("cpu"), torch.float32),
                      Prompt("You drive a car out of a valley.", WORDS))
 
 
