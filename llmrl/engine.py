@@ -61,11 +61,14 @@ class Engine:
 
     def __init__(self, model: PreTrainedModel, pad: int, observer: Observer | None = None):
         self.model, self.pad, self.observer = model, pad, observer
+        #: A one-row batch every run from nothing continues (prefix tuning's virtual tokens); None: none.
+        self.start: Batch | None = None
 
     def run(self, batch: Batch | None, rows: list[list[int]] | torch.Tensor, align: Literal["left", "right"] = "left",
             keep: int | torch.Tensor = 1, live: torch.Tensor | None = None) -> tuple[torch.Tensor | None, Batch]:
-        """Append ``rows`` to ``batch`` (None: start from nothing); the logits of the last ``keep`` columns
-        (or of the columns a tensor names), None if a hook raised :class:`StopForward`, and the longer batch.
+        """Append ``rows`` to ``batch`` (None: from nothing, or from :attr:`start`); the logits of the last
+        ``keep`` columns (or of the columns a tensor names), None if a hook raised :class:`StopForward`, and
+        the longer batch.
 
         ``rows`` are token lists padded to one width on ``align``'s side, or an id tensor with a
         ``live`` mask of its real tokens.
@@ -76,6 +79,8 @@ class Engine:
         else:
             ids, live = self._pad(rows, align)
         n, width = ids.shape
+        if batch is None and self.start is not None:
+            batch = self.start.expand(n)
         live = live.long()
         start = batch.next_pos if batch is not None else torch.zeros(n, dtype=torch.long)
         mask = torch.cat([batch.mask, live], dim=1) if batch is not None else live

@@ -88,6 +88,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lora", "adapter", (), "reparameterised PET", "LoRA (Hu et al., ICLR 2022)"),
     Method("ia3", "adapter", (("kind", "ia3"),), "additive PET: learned activation scales",
            "IA3 (Liu et al., NeurIPS 2022)"),
+    Method("prefix", "adapter", (("kind", "prefix"),), "additive PET: trained virtual tokens",
+           "Prefix tuning (Li & Liang, ACL 2021)"),
     Method("bitfit", "adapter", (("kind", "bitfit"),), "specification PET: biases only",
            "BitFit (Ben Zaken et al., ACL 2022)"),
     Method("rome", "weights", (("method", "rome"),), "locate-then-edit", "ROME (Meng et al., NeurIPS 2022)"),

@@ -26,7 +26,7 @@ from llmrl.inject.adapter.objective import (
     prefix_batch,
     row_losses,
 )
-from llmrl.inject.adapter.tuners import KINDS, BiasTuner, PeftTuner, carries_adapter
+from llmrl.inject.adapter.tuners import KINDS, BiasTuner, PeftTuner, PrefixTuner, Tuner, carries_adapter
 from llmrl.knowledge import KnowledgeItem
 from llmrl.metrics import locality_prompts as shipped_locality_prompts
 from llmrl.policy import LLMPolicy
@@ -58,7 +58,7 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
 class AdapterHandle:
     """The live adapter of one edit: switch it off and on, merge it, remove it exactly (see :mod:`.tuners`)."""
 
-    def __init__(self, policies: list[LLMPolicy], tuner: PeftTuner | BiasTuner, requires_grad: dict[str, bool],
+    def __init__(self, policies: list[LLMPolicy], tuner: Tuner, requires_grad: dict[str, bool],
                  training: bool):
         #: The policies (on one model) whose scores the adapter changes: their caches go stale with it.
         self.policies, self.tuner = list(policies), tuner
@@ -136,7 +136,9 @@ class AdapterInjector:
     scales of the target layers' activations) or ``bitfit`` (specification PET:
     the target layers' biases alone); :mod:`.tuners` has each. The objective,
     its locality terms and everything below apply to every kind; ``rank``,
-    ``alpha`` and ``dropout`` are LoRA's alone.
+    ``alpha`` and ``dropout`` are LoRA's alone. ``prefix`` (additive PET) trains
+    ``tokens`` virtual tokens' keys and values that the policies' prompts, and
+    nothing else, read: the model itself does not change.
     ``rank``, ``alpha``, ``dropout``: the LoRA update ``alpha / rank * B A``.
     ``target_modules``: layer names peft matches by suffix (default: the MLPs
     of :data:`LAYOUTS`); ``layers``: only these decoder layers (default: all).
@@ -159,7 +161,7 @@ class AdapterInjector:
 
     name = "adapter"
 
-    def __init__(self, kind: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+    def __init__(self, kind: str = "lora", tokens: int = 8, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] | None = None, layers: list[int] | None = None,
                  objective: Literal["choice", "lm"] = "choice", steps: int = 40, lr: float = 2e-3,
                  batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
@@ -168,8 +170,8 @@ class AdapterInjector:
                  holdout: int = 4):
         if holdout < 0 or holdout == 1:
             raise ValueError("holdout must be 0 (off) or at least 2")
-        if rank < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
-            raise ValueError("rank, steps, batch_size and locality_batch must be >= 1 and lr > 0")
+        if rank < 1 or tokens < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
+            raise ValueError("rank, tokens, steps, batch_size and locality_batch must be >= 1 and lr > 0")
         if not 0 <= dropout < 1 or min(answer_weight, locality_weight, stop_loss, keep_weight) < 0:
             raise ValueError("0 <= dropout < 1 and answer_weight, locality_weight, stop_loss, keep_weight >= 0 "
                              "are required")
@@ -177,7 +179,7 @@ class AdapterInjector:
             raise ValueError(f"bad adapter kind {kind!r}; choose one of {', '.join(KINDS)}")
         if objective not in OBJECTIVES:
             raise ValueError(f"bad objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        self.kind, self.rank, self.alpha, self.dropout = kind, rank, alpha, dropout
+        self.kind, self.tokens, self.rank, self.alpha, self.dropout = kind, tokens, rank, alpha, dropout
         self.target_modules, self.layers, self.objective = target_modules, layers, objective
         self.steps, self.lr, self.batch_size, self.stop_loss = steps, lr, batch_size, stop_loss
         self.answer_weight, self.locality_weight, self.locality_batch = answer_weight, locality_weight, locality_batch
@@ -186,7 +188,10 @@ class AdapterInjector:
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
 
-    def _attach(self, model: torch.nn.Module) -> PeftTuner | BiasTuner:
+    def _attach(self, model: torch.nn.Module, policies: list[LLMPolicy], engine: Engine, first: Encoded
+                ) -> Tuner:
+        if self.kind == "prefix":
+            return PrefixTuner(model, [p.engine for p in policies] + [engine], first.prefix, self.tokens)
         targets = self.target_modules or default_target_modules(model)
         if self.kind == "bitfit":
             return BiasTuner(model, targets, self.layers)
@@ -205,6 +210,8 @@ class AdapterInjector:
         t0 = time.perf_counter()
         items = _trainable(policy, items)
         engine = Engine(policy.lm.model, _pad(policy))
+        for e in (engine, policy.engine):  # a prefix reaches the new engine and a policy it did not reach yet
+            live.tuner.follow(e)
         return self._continue(policy, live, engine, self._task(engine, policy, items), items, t0)
 
     def inject_jointly(self, pairs: list[tuple[LLMPolicy, list[KnowledgeItem]]]) -> Edit:
@@ -227,7 +234,7 @@ class AdapterInjector:
         training = model.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            tuner = self._attach(model)
+            tuner = self._attach(model, policies, engine, tasks[0].enc)
             handle = AdapterHandle(policies, tuner, requires_grad, training)
             try:
                 final = self._train(engine, tuner, tasks)
@@ -350,7 +357,7 @@ class AdapterInjector:
             kept.append(Kept(enc, choices, batches))
         return kept
 
-    def _train(self, engine: Engine, tuner: PeftTuner | BiasTuner, tasks: list[Task], keep: list[Kept] = ()
+    def _train(self, engine: Engine, tuner: Tuner, tasks: list[Task], keep: list[Kept] = ()
                ) -> dict[str, float | int]:
         """AdamW on the LoRA weights; returns the steps taken and the last step's loss terms.
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from llmrl.engine import Batch, Engine
-from llmrl.inject.adapter.tuners import BiasTuner, PeftTuner
+from llmrl.inject.adapter.tuners import Tuner
 from llmrl.knowledge import KnowledgeItem
 from llmrl.policy import LLMPolicy
 
@@ -137,7 +137,7 @@ def locality_texts(prompts: list[str], tokenizer) -> list[str]:
                                                           add_generation_prompt=True) for p in prompts]
 
 
-def locality_kl(tuner: PeftTuner | BiasTuner, seqs: list[list[int]], pad: int) -> torch.Tensor:
+def locality_kl(tuner: Tuner, seqs: list[list[int]], pad: int) -> torch.Tensor:
     """Mean next-token KL(frozen || adapted) over every real position of the token sequences."""
     model = tuner.model
     dev = next(model.parameters()).device

@@ -1,4 +1,4 @@
-"""What an adapter adds to the model, one class per family: peft's LoRA and IA3 layers, BitFit's biases.
+"""What an adapter adds, one class per family: peft's LoRA and IA3 layers, BitFit's biases, a prefix.
 
 A tuner attaches to the policy's own model in place and gives the injector
 and its handle what they need: the trainable parameters, switching the effect
@@ -23,16 +23,18 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 from transformers.pytorch_utils import Conv1D
 
-#: The adapter families: reparameterised (LoRA), additive (IA3) and specification (BitFit) PET.
-KINDS = ("lora", "ia3", "bitfit")
-#: Marks a model that carries a BitFit tuner (peft marks its own layers).
-_BIAS_MARK = "_llmrl_bias_tuner"
+from llmrl.engine import Batch, Engine
+
+#: The adapter families: reparameterised (LoRA), additive (IA3, prefix) and specification (BitFit) PET.
+KINDS = ("lora", "ia3", "bitfit", "prefix")
+#: Marks a model that carries a BitFit or prefix tuner (peft marks its own layers).
+_MARK = "_llmrl_tuner"
 #: Where a layer index sits in a module's name: ``model.layers.3.mlp`` or ``transformer.h.3.mlp``.
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
 def carries_adapter(model: torch.nn.Module) -> bool:
-    return getattr(model, _BIAS_MARK, None) is not None or any(isinstance(m, BaseTunerLayer)
+    return getattr(model, _MARK, None) is not None or any(isinstance(m, BaseTunerLayer)
                                                                for m in model.modules())
 
 
@@ -82,6 +84,9 @@ class PeftTuner:
     def parameters(self) -> list[torch.nn.Parameter]:
         marker = f"{self.kind}_"
         return [p for n, p in self.model.named_parameters() if marker in n]
+
+    def follow(self, engine: Engine) -> None:
+        """Nothing to do: peft's layers sit in the model every engine runs."""
 
     def train_mode(self) -> None:
         """The adapter's own dropout on (the base model stays in eval mode)."""
@@ -144,7 +149,7 @@ class BiasTuner:
             p.requires_grad_(False)
         self.enabled, self._merged = True, {}  # name -> the bias before the merge (None: there was none)
         self._hooks = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
-        setattr(model, _BIAS_MARK, self)
+        setattr(model, _MARK, self)
 
     def _hook(self, name: str):
         def add(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -163,6 +168,9 @@ class BiasTuner:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.biases.values())
+
+    def follow(self, engine: Engine) -> None:
+        """Nothing to do: the hooks sit in the model every engine runs."""
 
     def train_mode(self) -> None:
         pass
@@ -204,10 +212,100 @@ class BiasTuner:
         self.unmerge()
         for hook in self._hooks:
             hook.remove()
-        delattr(self.model, _BIAS_MARK)
+        delattr(self.model, _MARK)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "adapter_model.safetensors"
         save_file({name: p.detach().contiguous() for name, p in self.biases.items()}, str(path))
         return path
+
+
+class PrefixTuner:
+    """Prefix tuning (Li & Liang, ACL 2021): ``tokens`` virtual tokens' keys and values in every layer, trained.
+
+    Every forward an engine starts from nothing continues from them (:attr:`Engine.start`), so the
+    policies' prompts, and nothing else, read them: the model's weights and its answers to any other
+    prompt stay as they were. The virtual tokens take no positions (the prompt still starts at 0) and
+    start as the keys and values of the prompt's first ``tokens`` tokens.
+    """
+
+    kind = "prefix"
+    merged = False
+
+    def __init__(self, model: torch.nn.Module, engines: list[Engine], init: list[int], tokens: int):
+        if len(init) < tokens:
+            raise ValueError(f"the prompt has {len(init)} tokens, fewer than the {tokens} virtual tokens")
+        self.model, self.engines = model, list(dict.fromkeys(engines))
+        for p in model.parameters():  # the caller keeps the grad flags and restores them on removal
+            p.requires_grad_(False)
+        with torch.no_grad():
+            _, real = Engine(model, 0).run(None, [init[:tokens]])
+        self.kv = [(torch.nn.Parameter(k.detach().clone()), torch.nn.Parameter(v.detach().clone()))
+                   for k, v in real.kv]
+        self.enabled = True
+        setattr(model, _MARK, self)
+        self._point()
+
+    @property
+    def targets(self) -> list[str]:
+        return [f"{self.kv[0][0].shape[2]} virtual tokens in {len(self.kv)} layers"]
+
+    def _virtual(self) -> Batch:
+        """The parameters themselves as a one-row batch: an optimiser step changes what every run reads."""
+        return Batch(tuple((k, v) for k, v in self.kv), torch.ones(1, self.kv[0][0].shape[2], dtype=torch.long),
+                     torch.zeros(1, dtype=torch.long))
+
+    def _point(self) -> None:
+        start = self._virtual() if self.enabled else None
+        for engine in self.engines:
+            engine.start = start
+
+    def follow(self, engine: Engine) -> None:
+        """Let one more engine (a policy's, a training step's) read the prefix."""
+        if engine not in self.engines:
+            self.engines.append(engine)
+        self._point()
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [t for pair in self.kv for t in pair]
+
+    def train_mode(self) -> None:
+        pass
+
+    def enable(self, flag: bool) -> None:
+        self.enabled = flag
+        self._point()
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        was, self.enabled = self.enabled, False
+        self._point()
+        try:
+            yield
+        finally:
+            self.enabled = was
+            self._point()
+
+    def merge(self) -> None:
+        raise ValueError("a prefix adds no weights to merge into")
+
+    def unmerge(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        for engine in self.engines:
+            engine.start = None
+        delattr(self.model, _MARK)
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "adapter_model.safetensors"
+        tensors = {f"layer{i}.{name}": t.detach().contiguous() for i, pair in enumerate(self.kv)
+                   for name, t in zip(("keys", "values"), pair)}
+        save_file(tensors, str(path))
+        return path
+
+
+#: Any of the adapter families.
+Tuner = PeftTuner | BiasTuner | PrefixTuner
