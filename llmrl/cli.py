@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--sequential", action="store_true", help="one edit per item, each on the earlier ones")
     ed.add_argument("--seed", type=int, default=0, help="which items are drawn, and in what order")
     ed.add_argument("--pool", type=Path, help="a saved item pool (JSON); default: the 1,000-key pool, rebuilt")
+    ed.add_argument("--episodes", type=int, default=0,
+                    help="play each card holding run items this many episodes before and after (0: not played)")
+    ed.add_argument("--max-steps", type=int, default=500, dest="max_steps", help="decisions per such episode")
     _add_model_options(ed)
     ed.add_argument("--json", action="store_true")
     return parser
@@ -375,7 +378,8 @@ def _bench_edits(args: argparse.Namespace) -> dict:
     from llmrl.capacity.bench import run_capacity
 
     result = run_capacity(args.method, args.items, sequential=args.sequential, seed=args.seed, model=args.model,
-                          device=args.device or "auto", dtype=args.dtype or "auto", pool=args.pool).to_json()
+                          device=args.device or "auto", dtype=args.dtype or "auto", pool=args.pool,
+                          episodes=args.episodes, max_steps=args.max_steps).to_json()
     if not args.json:
         mode = "sequential" if args.sequential else "batch"
         print(f"{args.method}, {args.items} items ({mode}) on {result['model']}")

@@ -20,6 +20,11 @@ edit through any of them changes) and one :class:`~llmrl.learner.Learner`:
 - **undo** every edit: ``undo_exact`` when every parameter and buffer of the
   model is bit-identical to before (a SHA-256 over the state dict) and every
   policy's prompt is the original.
+
+With ``episodes``, each card that holds items from real runs is also played
+(the evaluation seeds, at most ``max_steps`` decisions an episode) before the
+insert and after it: whether knowledge that played well alone still plays
+among N - 1 other edits.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from llmrl.capacity.pool import PoolItem, build_pool, load_pool
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
+from llmrl.evaluate import eval_seed, evaluate
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
 from llmrl.learner import Learner, make_injector
 from llmrl.metrics import LocalityProbe, agreement, locality_prompts
@@ -72,6 +78,8 @@ class CapacityResult:
     #: of a method writes the same modules).
     params_touched: int
     erase: list[dict[str, Any]]
+    #: Per card holding run items (with ``episodes``): the mean return before the insert and after it.
+    returns: dict[str, dict[str, float]]
     erase_ok: bool
     undo_exact: bool
     wall_seconds: float
@@ -170,13 +178,25 @@ def _pooled(tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], triples: list[tup
     return hits / len(triples)
 
 
+def _returns(bench: _Bench, cards: list[str], episodes: int, max_steps: int, seed: int) -> dict[str, float]:
+    out = {}
+    for key in cards:
+        result, _ = evaluate(bench.tasks[key][0], get_card(key)[0], "bench", None, episodes, seed=eval_seed(seed),
+                             max_steps=max_steps, progress=False)
+        out[key] = result.mean_return
+    return out
+
+
 def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, model: str | None = None,
-                 device: str = "auto", dtype: str = "auto", pool: Path | None = None) -> CapacityResult:
+                 device: str = "auto", dtype: str = "auto", pool: Path | None = None, episodes: int = 0,
+                 max_steps: int = 500) -> CapacityResult:
     """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if n < 1:
         raise UsageError("--items must be at least 1")
+    if episodes < 0 or max_steps < 1:
+        raise UsageError("--episodes must be at least 0 and --max-steps at least 1")
     start = time.perf_counter()
     drawn = load_pool(pool) if pool is not None else build_pool(max(n, POOL_SIZE))
     if n > len(drawn):
@@ -189,12 +209,15 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     bench = _Bench(lm, items, method, sequential)
     probe = LocalityProbe(lm, locality_prompts("eval"))
     reliability_before = bench.reliability(items) or 0.0
+    played = sorted({p.card for p in items if p.origin == "run"}) if episodes else []
+    before_returns = _returns(bench, played, episodes, max_steps, seed)
 
     bench.insert(sequential)
     edits = [e for _, e in bench.learner.edits]
     reliability = bench.reliability(items) or 0.0
     generalization = bench.generalization(items)
     locality = probe.measure()
+    after_returns = _returns(bench, played, episodes, max_steps, seed)
 
     erase, left = [], list(items)
     for count in (1, 10):
@@ -221,4 +244,5 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
         reliability_before=reliability_before, reliability=reliability, generalization=generalization,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
         edit_seconds=sum(e.seconds for e in edits), params_touched=max((e.params_touched for e in edits), default=0),
-        erase=erase, erase_ok=erase_ok, undo_exact=undo_exact, wall_seconds=time.perf_counter() - start)
+        erase=erase, returns={k: {"before": before_returns[k], "after": after_returns[k]} for k in played},
+        erase_ok=erase_ok, undo_exact=undo_exact, wall_seconds=time.perf_counter() - start)
