@@ -97,8 +97,6 @@ def test_cards_holding_run_items_are_played_before_and_after(capsys, pool):
     run_cards = sorted({p.card for p in load_pool(pool) if p.origin == "run"})
     assert run_cards  # the shipped run items reach the pool's cards
     out = bench_json(capsys, pool, "--method", "context", "--items", "16", "--episodes", "2", "--max-steps", "5")
-    assert sorted(out["returns"]) == run_cards == ["CartPole-v1", "MountainCar-v0"]
-    # five decisions an episode: CartPole pays +1 a step, MountainCar -1
-    assert all(0 < r <= 5 for r in out["returns"]["CartPole-v1"].values())
-    assert all(r == -5 for r in out["returns"]["MountainCar-v0"].values())
+    assert sorted(out["returns"]) == run_cards == ["CartPole-v1"]  # MountainCar has no run items
+    assert all(0 < r <= 5 for r in out["returns"]["CartPole-v1"].values())  # +1 a step, five steps at most
     assert bench_json(capsys, pool, "--method", "context", "--items", "16")["returns"] == {}
