@@ -83,9 +83,11 @@ class AblateConfig(Strict):
     #: A continual stream (StreamConfig's keys but strategy, accumulate, seed, model and the evaluation
     #: settings, which the grid sets): its runs are strategies x accumulate x models x seeds.
     stream: dict[str, Any] | None = None
+    #: Or a capacity benchmark grid (llmrl.capacity.grid.CapacityGrid): methods x item counts x modes.
+    capacity: dict[str, Any] | None = None
     #: With ``stream``: how each strategy accumulates its edits (see llmrl.learner.Learner).
     accumulate: list[Literal[ACCUMULATE]] = Field(default_factory=lambda: ["rebuild"])  # type: ignore[valid-type]
-    strategies: list[Literal[NAMES]] = Field(min_length=1)  # type: ignore[valid-type]
+    strategies: list[Literal[NAMES]] = Field(default_factory=list)  # type: ignore[valid-type]
     #: Seeds: a count (0..n-1) or an explicit list.
     seeds: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = 5
     #: Model ids (None: the default model); random and PPO runs use none.
@@ -121,8 +123,11 @@ class AblateConfig(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> AblateConfig:
-        if bool(self.envs) == (self.stream is not None):
-            raise ValueError("give either envs (a grid of runs) or stream (a continual stream), not both or neither")
+        if bool(self.envs) + (self.stream is not None) + (self.capacity is not None) != 1:
+            raise ValueError("give one of envs (a grid of runs), stream (a continual stream) or capacity (a "
+                             "capacity benchmark grid)")
+        if self.capacity is None and not self.strategies:
+            raise ValueError("strategies: give at least one")
         return self
 
     def seed_list(self) -> list[int]:
@@ -143,6 +148,8 @@ class RunSpec:
     card_version: int = 1
     #: A continual stream rather than a run on one environment.
     stream: bool = False
+    #: A capacity benchmark cell (llmrl.capacity.grid).
+    capacity: bool = False
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
@@ -162,6 +169,10 @@ def expand(cfg: AblateConfig) -> list[RunSpec]:
 
     if cfg.stream is not None:
         return _expand_stream(cfg)
+    if cfg.capacity is not None:
+        from llmrl.capacity.grid import expand_capacity
+
+        return expand_capacity(cfg)
     bad = set(cfg.loop) & PER_RUN
     if bad:
         raise UsageError(f"the loop block may not set {', '.join(sorted(bad))}: the experiment sets them per run")
@@ -284,7 +295,7 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    kind = "stream" if spec.stream else BY_NAME[spec.strategy].kind
+    kind = "stream" if spec.stream else "capacity" if spec.capacity else BY_NAME[spec.strategy].kind
     base = {"run_id": spec.run_id, "env": spec.env, "strategy": spec.strategy, "seed": spec.seed,
             "model": spec.model, "kind": kind, "config": spec.config, "card_version": spec.card_version,
             "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -367,8 +378,15 @@ def _run_stream(spec: RunSpec, folder: Path) -> dict[str, Any]:
             "env_steps": summary.env_steps, "stream": summary.to_json()}
 
 
+def _run_capacity(spec: RunSpec, folder: Path) -> dict[str, Any]:
+    from llmrl.capacity.grid import run_capacity_spec
+
+    return run_capacity_spec(spec, folder)
+
+
 _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {
     "random": _run_baseline, "prompt": _run_baseline, "edit": _run_edit, "ppo": _run_ppo, "stream": _run_stream,
+    "capacity": _run_capacity,
 }
 
 
@@ -382,7 +400,7 @@ def status(results: Path, spec: RunSpec) -> str:
     except (OSError, ValueError):
         return "todo"
     # Records from before card versions existed were written with version 1.
-    same = _same_stream if spec.stream else _same_config
+    same = _same_stream if spec.stream else (lambda a, b: a == b) if spec.capacity else _same_config
     if not same(record.get("config"), spec.config) or record.get("card_version", 1) != spec.card_version:
         return "todo"
     return record.get("status", "todo")

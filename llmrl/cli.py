@@ -305,6 +305,8 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
                 outcome = (record.error or "").strip().splitlines()[-1]
             elif record.stream is not None:
                 outcome = f"ACC {record.stream['acc']:.3f}"
+            elif record.capacity is not None:
+                outcome = f"reliability {record.capacity['reliability']:.2f}"
             else:
                 outcome = f"return {record.final_mean_return:.1f}"
             print(f"[{n}/{total}] {record.status:<6} {record.run_id}  {outcome}  "

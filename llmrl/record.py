@@ -59,7 +59,7 @@ class RunRecord(_Record):
     strategy: str
     seed: int
     model: str | None
-    kind: Literal["random", "prompt", "edit", "ppo", "stream"]
+    kind: Literal["random", "prompt", "edit", "ppo", "stream", "capacity"]
     #: The run's resolved settings (an editing run's LoopConfig, a PPO run's budget and evaluation).
     config: dict[str, Any]
     card_version: int = 1
@@ -79,6 +79,8 @@ class RunRecord(_Record):
     portability: dict[str, VariantReturn] | None = None
     #: A continual stream's summary (llmrl.continual.stream.StreamSummary.to_json): matrices and metrics.
     stream: dict[str, Any] | None = None
+    #: A capacity benchmark cell's result (llmrl.capacity.bench.CapacityResult.to_json).
+    capacity: dict[str, Any] | None = None
     status: Literal["ok", "failed"]
     wall_seconds: float
 
@@ -89,7 +91,7 @@ class RunRecord(_Record):
     def dump(self) -> dict[str, Any]:
         """JSON-ready, without the optional keys a run of this kind never has (as records always were)."""
         data = self.model_dump(mode="json")
-        for key in ("runtime", "hyperparameters", "stream"):
+        for key in ("runtime", "hyperparameters", "stream", "capacity"):
             if data[key] is None:
                 del data[key]
         for name, variant in (data["portability"] or {}).items():

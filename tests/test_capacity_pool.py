@@ -64,3 +64,11 @@ def test_the_shipped_run_items_are_those_of_the_committed_runs():
     assert shipped.keys() == rebuilt.keys() and len(shipped) >= 30
     assert all(shipped[k].action == rebuilt[k].action and shipped[k].examples == rebuilt[k].examples
                for k in shipped)
+
+
+def test_the_committed_pool_is_the_seeded_pool():
+    """reports/edits/pool.json, which the capacity grid reads, is what build_pool makes today."""
+    from llmrl.capacity.bench import POOL_SIZE
+
+    shipped = load_pool(ROOT / "reports" / "edits" / "pool.json")
+    assert [p.to_json() for p in build_pool(POOL_SIZE)] == [p.to_json() for p in shipped]

@@ -66,6 +66,8 @@ class CapacityResult:
     sequential: bool
     seed: int
     model: str
+    #: Device, dtype and torch threads the model ran with.
+    runtime: dict[str, Any]
     origins: dict[str, int]
     #: The untouched model's agreement with the items' actions on their examples.
     reliability_before: float
@@ -239,7 +241,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     undo_exact = model_digest(lm) == before and all(
         policy.prompt == bench.prompts[k] for k, (policy, _) in bench.tasks.items())
     return CapacityResult(
-        method=method, items=n, sequential=sequential, seed=seed, model=lm.name,
+        method=method, items=n, sequential=sequential, seed=seed, model=lm.name, runtime=lm.runtime,
         origins={o: sum(p.origin == o for p in items) for o in ("run", "counterfactual", "observation")},
         reliability_before=reliability_before, reliability=reliability, generalization=generalization,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from llmrl.errors import UsageError
 from llmrl.folders import atomic_write
+from llmrl.report.capacity import capacity_blocks
 from llmrl.report.figures import plot_curves
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, duration, slug, to_html, to_markdown
-from llmrl.report.runs import experiment_references, load_runs, stream_records
+from llmrl.report.runs import experiment_references, load_runs, records_of_kind
 from llmrl.report.stats import strategy_stats, winner_of
 from llmrl.report.streams import stream_blocks
 from llmrl.report.summary import edits_over_floor, edits_vs_ppo, env_summary, intro, tally
@@ -45,11 +46,12 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
     per environment and every table cell's numbers.
     """
     results_dir = Path(results_dir)
-    streams = stream_records(results_dir)
-    if streams:
-        title = f"Stream report: {results_dir.resolve().name}"
-        blocks, figures, data = stream_blocks(streams, title)
-        return {**_write(results_dir, blocks, figures, title), **data}
+    for kind, make, name in (("stream", stream_blocks, "Stream"), ("capacity", capacity_blocks, "Capacity")):
+        records = records_of_kind(results_dir, kind)
+        if records:
+            title = f"{name} report: {results_dir.resolve().name}"
+            blocks, figures, data = make(records, title)
+            return {**_write(results_dir, blocks, figures, title), **data}
     references = reference_scores if reference_scores is not None else experiment_references(results_dir)
     runs, failed = load_runs(results_dir, references)
     envs = sorted({r.env for r in runs})

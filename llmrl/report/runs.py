@@ -42,13 +42,13 @@ def experiment_references(results_dir: Path) -> dict[str, tuple[float, float]]:
     return {env: (ref["random"], ref["human"]) for env, ref in (config.get("reference_scores") or {}).items()}
 
 
-def stream_records(results_dir: Path) -> list[RunRecord]:
-    """Every record, when the experiment is a continual stream's (records of kind ``stream``); else none."""
+def records_of_kind(results_dir: Path, kind: str) -> list[RunRecord]:
+    """Every record, when the experiment's records are of ``kind`` (``stream``, ``capacity``); else none."""
     records = [read_record(p) for p in sorted((results_dir / "runs").glob("*.json"))]
-    streams = [r for r in records if r.kind == "stream"]
-    if streams and len(streams) != len(records):
-        raise UsageError(f"{results_dir} mixes stream runs with other runs; report them from separate folders")
-    return streams
+    found = [r for r in records if r.kind == kind]
+    if found and len(found) != len(records):
+        raise UsageError(f"{results_dir} mixes {kind} runs with other runs; report them from separate folders")
+    return found
 
 
 def load_runs(results_dir: Path, reference_scores: dict[str, tuple[float, float]]
