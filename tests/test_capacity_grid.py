@@ -52,7 +52,8 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     assert cell["reliability"] == pytest.approx([sum(seeds) / 2, min(seeds), max(seeds)])
     assert cell["seeds"] == 2 and cell["undo_exact"] == 2
     text = (tmp_path / "edits" / "report.md").read_text()
-    assert text.startswith("# Capacity report: edits") and "## Batch editing" in text and "## Sequential editing" in text
+    assert text.startswith("# Capacity report: edits")
+    assert "## Batch editing" in text and "## Sequential editing" in text
     assert text.index("| context | 2 |") < text.index("| context | 4 |") < text.index("| rag | 2 |")
     assert (tmp_path / "edits" / "capacity_batch.png").stat().st_size > 1000
 
