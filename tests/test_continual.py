@@ -195,7 +195,7 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
 def test_stream_grid_errors(tmp_path, capsys):
     assert "a stream grid runs edit strategies and ppo; random" in one_error_line(
         capsys, "ablate", str(grid_file(tmp_path, strategies=["random", "context"])), "--dry-run")
-    assert "either envs" in one_error_line(
+    assert "give one of envs" in one_error_line(
         capsys, "ablate", str(grid_file(tmp_path, envs=["CartPole-v1"])), "--dry-run")
     inline = grid_file(tmp_path, stream={"stages": STREAM["stages"], "seed": 3})
     assert "the stream block may not set seed" in one_error_line(capsys, "ablate", str(inline), "--dry-run")
