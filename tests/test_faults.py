@@ -113,3 +113,8 @@ def test_a_card_whose_environment_is_not_registered(tmp_path, monkeypatch, capsy
         capsys, "eval", "--env", "Ghost-v0", "--policy", "random", "--episodes", "1")
     assert main(["envs"]) == 0
     assert "Silent-v0" in (out := capsys.readouterr().out) and "none (the card cannot play" in out
+
+
+def test_a_grid_of_runs_without_strategies_is_refused(tmp_path, capsys):
+    err = one_error_line(capsys, "ablate", str(grid_file(tmp_path, strategies=[])), "--dry-run")
+    assert "strategies: give at least one" in err
