@@ -73,7 +73,7 @@ def test_the_digest_sees_a_weights_edit_and_not_a_context_edit(pool):
     before = bench.model_digest(lm)
     for method, changes in (("context", False), ("memit", True)):
         run = bench._Bench(lm, items, method, sequential=False)
-        run.insert(sequential=False)
+        run.insert()
         assert (bench.model_digest(lm) != before) == changes
         run.learner.undo_to(0)
         assert bench.model_digest(lm) == before

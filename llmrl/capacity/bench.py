@@ -146,8 +146,12 @@ class _Bench:
                  for p in items for t in p.item.examples]
         return _pooled(self.tasks, pairs) or 0.0
 
-    def insert(self, sequential: bool) -> None:
-        if not sequential:
+    @property
+    def sequential(self) -> bool:
+        return self.learner.accumulate == "sequential"
+
+    def insert(self) -> None:
+        if not self.sequential:
             for p in self.items:
                 self.tasks[p.card][1].items[p.item.situation] = p.item
             self.learner.rebuild()
@@ -156,11 +160,11 @@ class _Bench:
             self.tasks[p.card][1].items[p.item.situation] = p.item
             self.learner.apply(p.card, {**NO_CHANGES, "insert": [p.item]})
 
-    def erase(self, gone: list[PoolItem], sequential: bool) -> None:
+    def erase(self, gone: list[PoolItem]) -> None:
         for p in gone:
             kb = self.tasks[p.card][1]
             kb.erased.append(kb.items.pop(p.item.situation))
-        if not sequential:
+        if not self.sequential:
             self.learner.rebuild()
             return
         for card in dict.fromkeys(p.card for p in gone):
@@ -214,7 +218,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     played = sorted({p.card for p in items if p.origin == "run"}) if episodes else []
     before_returns = _returns(bench, played, episodes, max_steps, seed)
 
-    bench.insert(sequential)
+    bench.insert()
     edits = [e for _, e in bench.learner.edits]
     reliability = bench.reliability(items) or 0.0
     generalization = bench.generalization(items)
@@ -229,7 +233,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
         left = [p for p in left if p not in gone]
         kept_before = bench.reliability(left)
         t0 = time.perf_counter()
-        bench.erase(gone, sequential)
+        bench.erase(gone)
         seconds = time.perf_counter() - t0
         kept = bench.reliability(left)
         erase.append({"erased": count, "restored": bench.restored(gone), "kept_before": kept_before,
