@@ -44,6 +44,7 @@ def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, se
     assert sum(out["origins"].values()) == 11
     for key in ("reliability_before", "reliability", "generalization", "locality_top1"):
         assert 0 <= out[key] <= 1
+    assert out["reliability_changed"] is None or 0 <= out["reliability_changed"] <= 1
     assert out["locality_kl"] >= 0
     if method == "alphaedit":
         # with the default statistics the tiny model's key covariance has no eigenvalue below 1 % of its
@@ -57,6 +58,20 @@ def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, se
     one, ten = out["erase"]
     assert (one["erased"], ten["erased"]) == (1, 10)
     assert ten["restored"] == 1.0 and ten["kept"] is None
+
+
+def test_reliability_on_changed_examples_leaves_out_those_the_model_already_chose(pool):
+    from llmrl.capacity.pool import load_pool
+    from llmrl.models import load_model
+
+    lm = load_model("tiny", "cpu", "float32")
+    items = load_pool(pool)[:8]
+    run = bench._Bench(lm, items, "context", sequential=False)
+    agree = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) == p.item.action]
+    differ = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) != p.item.action]
+    assert agree and differ  # the pool's actions are the table's opposite, not the model's
+    assert run.reliability(items) == pytest.approx(len(agree) / (len(agree) + len(differ)))
+    assert run.reliability(items, changed=True) == 0.0  # untouched: none of those is chosen yet
 
 
 def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):

@@ -72,6 +72,9 @@ class CapacityResult:
     #: The untouched model's agreement with the items' actions on their examples.
     reliability_before: float
     reliability: float
+    #: Reliability on the examples where the untouched model chose another action than the item's: the
+    #: edit's own effect, apart from the model's prior (None when the model already agreed everywhere).
+    reliability_changed: float | None
     generalization: float | None
     locality_kl: float
     locality_top1: float
@@ -123,8 +126,14 @@ class _Bench:
         policy = self.tasks[card][0]
         return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
 
-    def reliability(self, items: list[PoolItem]) -> float | None:
-        return _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.item.examples])
+    def reliability(self, items: list[PoolItem], changed: bool = False) -> float | None:
+        """Agreement with the items' actions on their examples (``changed``: only where the untouched model
+        chose another action)."""
+        return _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.item.examples
+                                    if not changed or self._word(p.card, t) != p.item.action])
+
+    def _word(self, card: str, text: str) -> str:
+        return self.tasks[card][0].action_words[self.untouched[card][text]]
 
     def generalization(self, items: list[PoolItem]) -> float | None:
         """The mean of: fresh observations, and the examples under the reworded prompt (as llmrl.metrics)."""
@@ -142,8 +151,7 @@ class _Bench:
 
     def restored(self, items: list[PoolItem]) -> float:
         """Share of the items' examples on which the policy chooses what the untouched model chose."""
-        pairs = [(p.card, t, self.tasks[p.card][0].action_words[self.untouched[p.card][t]])
-                 for p in items for t in p.item.examples]
+        pairs = [(p.card, t, self._word(p.card, t)) for p in items for t in p.item.examples]
         return _pooled(self.tasks, pairs) or 0.0
 
     @property
@@ -221,6 +229,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     bench.insert()
     edits = [e for _, e in bench.learner.edits]
     reliability = bench.reliability(items) or 0.0
+    reliability_changed = bench.reliability(items, changed=True)
     generalization = bench.generalization(items)
     locality = probe.measure()
     after_returns = _returns(bench, played, episodes, max_steps, seed)
@@ -247,7 +256,8 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     return CapacityResult(
         method=method, items=n, sequential=sequential, seed=seed, model=lm.name, runtime=lm.runtime,
         origins={o: sum(p.origin == o for p in items) for o in ("run", "counterfactual", "observation")},
-        reliability_before=reliability_before, reliability=reliability, generalization=generalization,
+        reliability_before=reliability_before, reliability=reliability, reliability_changed=reliability_changed,
+        generalization=generalization,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
         edit_seconds=sum(e.seconds for e in edits), params_touched=max((e.params_touched for e in edits), default=0),
         erase=erase, returns={k: {"before": before_returns[k], "after": after_returns[k]} for k in played},
