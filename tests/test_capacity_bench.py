@@ -66,7 +66,7 @@ def test_reliability_on_changed_examples_leaves_out_those_the_model_already_chos
 
     lm = load_model("tiny", "cpu", "float32")
     items = load_pool(pool)[:8]
-    run = bench._Bench(lm, items, "context", sequential=False)
+    run = bench._Bench(lm, items, "context", sequential=False, options={})
     agree = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) == p.item.action]
     differ = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) != p.item.action]
     assert agree and differ  # the pool's actions are the table's opposite, not the model's
@@ -87,11 +87,22 @@ def test_the_digest_sees_a_weights_edit_and_not_a_context_edit(pool):
     items = load_pool(pool)[:4]
     before = bench.model_digest(lm)
     for method, changes in (("context", False), ("memit", True)):
-        run = bench._Bench(lm, items, method, sequential=False)
+        run = bench._Bench(lm, items, method, sequential=False, options={})
         run.insert()
         assert (bench.model_digest(lm) != before) == changes
         run.learner.undo_to(0)
         assert bench.model_digest(lm) == before
+
+
+def test_set_changes_the_methods_options_and_the_record_says_so(capsys, pool):
+    out = bench_json(capsys, pool, "--method", "rag", "--items", "4", "--set", "k=1", "--set", "max_tokens=200")
+    assert out["options"] == {"k": 1, "max_tokens": 200}
+    # the method's own options stay unless set, and the record holds every option it ran with
+    assert (out["injector"]["rules"], out["injector"]["k"], out["injector"]["max_tokens"]) == (False, 1, 200)
+    default = bench_json(capsys, pool, "--method", "rag", "--items", "4")["injector"]
+    assert default["k"] == dict(METHODS["rag"].options)["k"]
+    picked = bench_json(capsys, pool, "--method", "context", "--items", "3", "--origins", "counterfactual,observation")
+    assert picked["origins"]["run"] == 0 and sum(picked["origins"].values()) == 3
 
 
 def test_bench_edits_errors(capsys, pool, tmp_path):
@@ -101,6 +112,15 @@ def test_bench_edits_errors(capsys, pool, tmp_path):
                                                           "--items", "0", "--pool", str(pool), "--model", "tiny")
     assert "more than the pool's 16 items" in one_error_line(
         capsys, "bench", "edits", "--method", "context", "--items", "17", "--pool", str(pool), "--model", "tiny")
+    assert "bad strategy_options for context" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--model", "tiny",
+        "--set", "k=0")
+    assert "--set wants key=value" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--set", "k")
+    assert "origins must be some of run, counterfactual, observation" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--origins", "run,nope")
+    assert "more than the pool's 4 items of origins run" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "5", "--pool", str(pool), "--origins", "run")
     (tmp_path / "bad.json").write_text("[1]")
     assert "cannot read the item pool" in one_error_line(
         capsys, "bench", "edits", "--method", "context", "--items", "1", "--pool", str(tmp_path / "bad.json"))

@@ -61,20 +61,39 @@ def test_retrieval_alone_stores_every_example_and_looks_up_its_own_text(tiny):
     p = policy(tiny)
     before_prefix = p.decision_prompt("X")
     query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
-    # an item keyed by one whole observation is filed under the situation its text ends with
+    # an item keyed by one whole observation is retrieved by that observation with its situation's cases
     single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
     edit = ContextInjector(rules=False, k=2).inject(p, [*items(), single])
     assert p.decision_prompt("X") == before_prefix  # no rules, no demonstrations
     assert (edit.info["rules"], edit.info["demonstrations"], edit.info["cases"]) == (0, 0, 7)
     (decorated,) = p.transform([query])
-    # the most similar case of the situation is the text itself, answered with its item's action
-    assert decorated.startswith(p.rendered.turn(query, "right")) and decorated.endswith(query)
+    # the most similar case of the situation is the text itself, answered with its item's action, and it
+    # comes last: right before the observation
+    assert decorated.endswith(p.rendered.turn(query, "right") + query)
     assert decorated.count("Situation: ") == 3 and SIT_R not in decorated
     # with rules, a text never retrieves itself (its item's rule and demonstrations hold it)
+    # and by no other observation of the situation
+    other = f"Cart at right, moving 0.4 m/s left. Situation: {SIT_L}."
+    assert p.rendered.turn(query, "right") not in p.transform([other])[0]
     edit.undo()
     assert p.transform is None and p.decision_prompt("X") == before_prefix
     ContextInjector(demos=0, k=2).inject(p, [*items(), single])
-    assert not p.transform([query])[0].startswith(p.rendered.turn(query, "right"))
+    assert p.rendered.turn(query, "right") not in p.transform([query])[0]
+
+
+def test_fill_shows_the_cases_found_again_until_k_are_shown(tiny):
+    p = policy(tiny)
+    query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
+    single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
+    ContextInjector(rules=False, k=3, fill=True).inject(p, [single])
+    assert p.transform([query]) == [p.rendered.turn(query, "right") * 3 + query]
+    # a situation's three cases, five shown: all three, then the two nearest again, the nearest last
+    q = policy(tiny)
+    ContextInjector(rules=False, k=5, fill=True).inject(q, items())
+    (text,) = q.transform([f"Cart at center, moving 0.25 m/s right. Situation: {SIT_R}."])
+    turns = [q.rendered.turn(t, "right") for t in items()[1].examples]
+    assert text.count("Situation: ") == 6 and all(text.count(t) in (1, 2) for t in turns)
+    assert sum(text.count(t) for t in turns) == 5 and text.count(turns[0] + turns[0]) == 0
 
 
 def test_retrieval_alone_needs_k():

@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 
-from llmrl.capacity.pool import PoolItem, build_pool, load_pool
+from llmrl.capacity.pool import ORIGINS, PoolItem, build_pool, load_pool
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
-from llmrl.learner import Learner, make_injector
+from llmrl.learner import Learner, injector_settings, make_injector
 from llmrl.metrics import LocalityProbe, agreement, locality_prompts
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy
@@ -66,6 +66,9 @@ class CapacityResult:
     sequential: bool
     seed: int
     model: str
+    #: The injector options set on top of the method's own (``--set``), and every option it ran with.
+    options: dict[str, Any]
+    injector: dict[str, Any]
     #: Device, dtype and torch threads the model ran with.
     runtime: dict[str, Any]
     origins: dict[str, int]
@@ -105,9 +108,11 @@ def model_digest(lm: LoadedModel) -> str:
 class _Bench:
     """The policies, knowledge bases and learner of one benchmark, with the measurements they share."""
 
-    def __init__(self, lm: LoadedModel, items: list[PoolItem], method: str, sequential: bool):
+    def __init__(self, lm: LoadedModel, items: list[PoolItem], method: str, sequential: bool,
+                 options: dict[str, Any]):
         self.lm, self.items = lm, items
         spec = METHODS[method]
+        self.options = {**dict(spec.options), **options}
         self.tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]] = {}
         for p in items:
             if p.card not in self.tasks:
@@ -116,7 +121,7 @@ class _Bench:
                     card.default_action_word))
                 self.tasks[p.card] = (policy, KnowledgeBase())
         self.prompts = {k: policy.prompt for k, (policy, _) in self.tasks.items()}
-        self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(spec.options)), None,
+        self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(self.options)), None,
                                "sequential" if sequential else "rebuild")
         #: The untouched model's action index on every example text, per card.
         self.untouched = {k: self._choices(k, [t for p in items if p.card == k for t in p.item.examples])
@@ -203,8 +208,13 @@ def _returns(bench: _Bench, cards: list[str], episodes: int, max_steps: int, see
 
 def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, model: str | None = None,
                  device: str = "auto", dtype: str = "auto", pool: Path | None = None, episodes: int = 0,
-                 max_steps: int = 500) -> CapacityResult:
-    """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all."""
+                 max_steps: int = 500, options: dict[str, Any] | None = None,
+                 origins: list[str] | None = None) -> CapacityResult:
+    """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all.
+
+    ``options`` set the method's injector options on top of the method's own (``rag`` with ``k: 1``);
+    ``origins`` draws from the pool's items of these origins alone.
+    """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if n < 1:
@@ -212,15 +222,19 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     if episodes < 0 or max_steps < 1:
         raise UsageError("--episodes must be at least 0 and --max-steps at least 1")
     start = time.perf_counter()
+    if origins is not None and (not origins or set(origins) - set(ORIGINS)):
+        raise UsageError(f"origins must be some of {', '.join(ORIGINS)}; got {origins}")
     drawn = load_pool(pool) if pool is not None else build_pool(max(n, POOL_SIZE))
+    drawn = [p for p in drawn if origins is None or p.origin in origins]
     if n > len(drawn):
-        raise UsageError(f"--items {n} is more than the pool's {len(drawn)} items")
+        raise UsageError(f"--items {n} is more than the pool's {len(drawn)} items"
+                         + (f" of origins {', '.join(origins)}" if origins is not None else ""))
     rng = random.Random(seed)
     items = rng.sample(drawn, n)
     torch.manual_seed(seed)
     lm = load_model(model, device, dtype)
     before = model_digest(lm)
-    bench = _Bench(lm, items, method, sequential)
+    bench = _Bench(lm, items, method, sequential, dict(options or {}))
     probe = LocalityProbe(lm, locality_prompts("eval"))
     reliability_before = bench.reliability(items) or 0.0
     played = sorted({p.card for p in items if p.origin == "run"}) if episodes else []
@@ -254,8 +268,10 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     undo_exact = model_digest(lm) == before and all(
         policy.prompt == bench.prompts[k] for k, (policy, _) in bench.tasks.items())
     return CapacityResult(
-        method=method, items=n, sequential=sequential, seed=seed, model=lm.name, runtime=lm.runtime,
-        origins={o: sum(p.origin == o for p in items) for o in ("run", "counterfactual", "observation")},
+        method=method, items=n, sequential=sequential, seed=seed, model=lm.name,
+        options=dict(options or {}), injector=injector_settings(METHODS[method].strategy, bench.options),
+        runtime=lm.runtime,
+        origins={o: sum(p.origin == o for p in items) for o in ORIGINS},
         reliability_before=reliability_before, reliability=reliability, reliability_changed=reliability_changed,
         generalization=generalization,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
