@@ -45,6 +45,8 @@ def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, se
     for key in ("reliability_before", "reliability", "generalization", "locality_top1"):
         assert 0 <= out[key] <= 1
     assert out["reliability_changed"] is None or 0 <= out["reliability_changed"] <= 1
+    parts = [x for x in (out["generalization_fresh"], out["generalization_reworded"]) if x is not None]
+    assert out["generalization"] == pytest.approx(sum(parts) / len(parts))
     assert out["locality_kl"] >= 0
     if method == "alphaedit":
         # with the default statistics the tiny model's key covariance has no eigenvalue below 1 % of its

@@ -79,6 +79,10 @@ class CapacityResult:
     #: edit's own effect, apart from the model's prior (None when the model already agreed everywhere).
     reliability_changed: float | None
     generalization: float | None
+    #: Its two parts: fresh observations of the items' situations (None when no item has any), and the
+    #: items' examples under the reworded prompt.
+    generalization_fresh: float | None
+    generalization_reworded: float | None
     locality_kl: float
     locality_top1: float
     edit_seconds: float
@@ -140,19 +144,18 @@ class _Bench:
     def _word(self, card: str, text: str) -> str:
         return self.tasks[card][0].action_words[self.untouched[card][text]]
 
-    def generalization(self, items: list[PoolItem]) -> float | None:
-        """The mean of: fresh observations, and the examples under the reworded prompt (as llmrl.metrics)."""
-        parts = [_pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])]
+    def generalization(self, items: list[PoolItem]) -> tuple[float | None, float | None]:
+        """Agreement on fresh observations, and on the examples under the reworded prompt (as llmrl.metrics)."""
+        fresh = _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])
         edited = {k: policy.prompt for k, (policy, _) in self.tasks.items()}  # a context edit's prompt
         for policy, _ in self.tasks.values():
             policy.set_prompt(replace(policy.prompt, style="reworded"))
         try:
-            parts.append(self.reliability(items))
+            reworded = self.reliability(items)
         finally:
             for k, (policy, _) in self.tasks.items():
                 policy.set_prompt(edited[k])
-        known = [x for x in parts if x is not None]
-        return sum(known) / len(known) if known else None
+        return fresh, reworded
 
     def restored(self, items: list[PoolItem]) -> float:
         """Share of the items' examples on which the policy chooses what the untouched model chose."""
@@ -244,7 +247,8 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     edits = [e for _, e in bench.learner.edits]
     reliability = bench.reliability(items) or 0.0
     reliability_changed = bench.reliability(items, changed=True)
-    generalization = bench.generalization(items)
+    fresh, reworded = bench.generalization(items)
+    known = [x for x in (fresh, reworded) if x is not None]
     locality = probe.measure()
     after_returns = _returns(bench, played, episodes, max_steps, seed)
 
@@ -273,7 +277,8 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
         runtime=lm.runtime,
         origins={o: sum(p.origin == o for p in items) for o in ORIGINS},
         reliability_before=reliability_before, reliability=reliability, reliability_changed=reliability_changed,
-        generalization=generalization,
+        generalization=sum(known) / len(known) if known else None, generalization_fresh=fresh,
+        generalization_reworded=reworded,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
         edit_seconds=sum(e.seconds for e in edits), params_touched=max((e.params_touched for e in edits), default=0),
         erase=erase, returns={k: {"before": before_returns[k], "after": after_returns[k]} for k in played},
