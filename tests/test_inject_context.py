@@ -96,6 +96,26 @@ def test_fill_shows_the_cases_found_again_until_k_are_shown(tiny):
     assert sum(text.count(t) for t in turns) == 5 and text.count(turns[0] + turns[0]) == 0
 
 
+def test_a_sequential_retrieval_edit_keeps_the_cases_in_force_and_undo_returns_to_them(tiny):
+    p = policy(tiny)
+    left, right = items()
+    first = ContextInjector(rules=False, k=1).inject(p, [left])
+    query = left.examples[0]
+    shown = p.transform([query])
+    assert shown == [p.rendered.turn(query, "left") + query]
+    moved = KnowledgeItem(SIT_L, "right", 1.0, 5, examples=left.examples)  # the same key, another action
+    second = ContextInjector(rules=False, k=1).inject(p, [right])
+    assert p.transform([query]) == shown  # the earlier item's case is still retrieved
+    third = ContextInjector(rules=False, k=1).inject(p, [moved])
+    assert p.transform([query]) == [p.rendered.turn(query, "right") + query]  # the newer item replaced it
+    assert p.transform([right.examples[0]]) == [p.rendered.turn(right.examples[0], "right") + right.examples[0]]
+    third.undo()
+    assert p.transform([query]) == shown
+    second.undo()
+    first.undo()
+    assert p.transform is None
+
+
 def test_retrieval_alone_needs_k():
     with pytest.raises(ValueError, match="needs k >= 1"):
         ContextInjector(rules=False, k=0)

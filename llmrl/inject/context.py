@@ -70,20 +70,26 @@ class CaseMemory:
     ends with and those of an item keyed by its very text (the capacity pool's observation items), and
     no other item's, so erasing an item takes all of its influence away. ``own``: whether an observation
     may retrieve a case of its very text (a lookup, as retrieval-only editing needs); rules and
-    demonstrations already hold those otherwise. ``fill``: when fewer than ``k`` cases are found, show
-    them again, in turn, until ``k`` are shown: a small model copies an answer far more often after
-    several identical exchanges than after one (``scripts/copy_probe.py``).
+    demonstrations already hold those otherwise. ``base``: an earlier memory whose cases this one keeps
+    (an item of the same key replaces them), as a sequential edit stacks on the earlier ones.
+    ``fill``: when fewer than ``k`` cases are found, show them again, in turn, until ``k`` are shown: a
+    small model copies an answer far more often after several identical exchanges than after one
+    (``scripts/copy_probe.py``).
     """
 
     def __init__(self, policy: LLMPolicy, items: list[KnowledgeItem], k: int, budget: int, layer: float,
-                 own: bool = False, fill: bool = False, cache_size: int = 65536, batch_size: int = 64):
+                 own: bool = False, fill: bool = False, base: CaseMemory | None = None, cache_size: int = 65536,
+                 batch_size: int = 64):
         self.policy, self.k, self.budget, self.own, self.batch_size = policy, k, budget, own, batch_size
         self.fill = fill
         self.layer = max(1, round(layer * policy.lm.model.config.num_hidden_layers))
-        self.cases: dict[str, list[tuple[str, str]]] = {}
+        # on top of an earlier memory (sequential editing): its cases, an item of the same key replacing its own
+        self.cases: dict[str, list[tuple[str, str]]] = {} if base is None else dict(base.cases)
+        for key in {item.situation for item in items}:
+            self.cases[key] = []
         for item in items:
-            self.cases.setdefault(item.situation, []).extend((text, item.action) for text in item.examples)
-        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+            self.cases[item.situation].extend((text, item.action) for text in item.examples)
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict() if base is None else base._embeddings
         self._cache_size = cache_size
         self._embed([t for cases in self.cases.values() for t, _ in cases])
 
@@ -151,8 +157,9 @@ class ContextInjector:
         context = "\n".join(p for p in (original_prompt.context, rules) if p)
         policy.set_prompt(replace(original_prompt, context=context, shots=original_prompt.shots + shots))
         if self.k:
+            earlier = getattr(original_transform, "__self__", None)  # a memory in force: this edit stacks on it
             memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer, own=not self.rules,
-                                fill=self.fill)
+                                fill=self.fill, base=earlier if isinstance(earlier, CaseMemory) else None)
             policy.transform = memory.decorate
 
         def undo() -> None:
