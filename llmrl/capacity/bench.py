@@ -135,11 +135,24 @@ class _Bench:
         policy = self.tasks[card][0]
         return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
 
-    def reliability(self, items: list[PoolItem], changed: bool = False) -> float | None:
+    def hits(self, items: list[PoolItem]) -> dict[tuple[str, str, str], bool]:
+        """Per (card, item key, example text): whether the policy chooses the item's action there."""
+        out = {}
+        for card, (policy, _) in self.tasks.items():
+            rows = [(p.item.situation, t, p.item.action) for p in items if p.card == card for t in p.item.examples]
+            if rows:
+                chosen = policy.scores([t for _, t, _ in rows]).argmax(-1).tolist()
+                out |= {(card, key, t): policy.action_words[i] == a for (key, t, a), i in zip(rows, chosen)}
+        return out
+
+    def reliability(self, items: list[PoolItem], changed: bool = False,
+                    hits: dict[tuple[str, str, str], bool] | None = None) -> float | None:
         """Agreement with the items' actions on their examples (``changed``: only where the untouched model
-        chose another action)."""
-        return _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.item.examples
-                                    if not changed or self._word(p.card, t) != p.item.action])
+        chose another action), read from ``hits`` where the policy was scored in this state already."""
+        hits = self.hits(items) if hits is None else hits
+        found = [hits[(p.card, p.item.situation, t)] for p in items for t in p.item.examples
+                 if not changed or self._word(p.card, t) != p.item.action]
+        return sum(found) / len(found) if found else None
 
     def _word(self, card: str, text: str) -> str:
         return self.tasks[card][0].action_words[self.untouched[card][text]]
@@ -245,8 +258,9 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
 
     bench.insert()
     edits = [e for _, e in bench.learner.edits]
-    reliability = bench.reliability(items) or 0.0
-    reliability_changed = bench.reliability(items, changed=True)
+    state = bench.hits(items)  # scored once; every share of this state reads it
+    reliability = bench.reliability(items, hits=state) or 0.0
+    reliability_changed = bench.reliability(items, changed=True, hits=state)
     fresh, reworded = bench.generalization(items)
     known = [x for x in (fresh, reworded) if x is not None]
     locality = probe.measure()
@@ -258,11 +272,12 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
             break
         gone = rng.sample(left, count)
         left = [p for p in left if p not in gone]
-        kept_before = bench.reliability(left)
+        kept_before = bench.reliability(left, hits=state)
         t0 = time.perf_counter()
         bench.erase(gone)
         seconds = time.perf_counter() - t0
-        kept = bench.reliability(left)
+        state = bench.hits(left)
+        kept = bench.reliability(left, hits=state)
         erase.append({"erased": count, "restored": bench.restored(gone), "kept_before": kept_before,
                       "kept": kept, "seconds": seconds})
     erase_ok = all(e["restored"] >= RESTORED_MIN
