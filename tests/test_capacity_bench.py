@@ -8,6 +8,7 @@ import pytest
 
 from llmrl.capacity import bench
 from llmrl.capacity.pool import build_pool, save_pool
+from llmrl.cards import get_card
 from llmrl.cli import main
 from llmrl.strategies import METHODS
 from tests.helpers import one_error_line
@@ -74,6 +75,26 @@ def test_reliability_on_changed_examples_leaves_out_those_the_model_already_chos
     assert agree and differ  # the pool's actions are the table's opposite, not the model's
     assert run.reliability(items) == pytest.approx(len(agree) / (len(agree) + len(differ)))
     assert run.reliability(items, changed=True) == 0.0  # untouched: none of those is chosen yet
+
+
+def test_an_erased_item_is_expected_to_follow_a_coarser_item_left(pool):
+    from llmrl.capacity.pool import PoolItem, load_pool
+    from llmrl.cards import situation_of
+    from llmrl.knowledge import KnowledgeItem
+    from llmrl.models import load_model
+
+    lm = load_model("tiny", "cpu", "float32")
+    fine = next(p for p in load_pool(pool) if p.origin == "observation")
+    (text,) = fine.item.examples
+    words = get_card(fine.card)[0].action_words
+    other = next(w for w in words if w != fine.item.action)
+    coarse = PoolItem(fine.card, KnowledgeItem(situation_of(text), other, 1.0, 1, examples=[text]), "counterfactual")
+    run = bench._Bench(lm, [fine, coarse], "rag", sequential=False, options={})
+    run.insert()
+    run.erase([fine])
+    assert run.expected([fine]) == [(fine.card, text, other)]  # the situation's item still holds the text
+    run.erase([coarse])
+    assert run.expected([fine]) == [(fine.card, text, run._word(fine.card, text))]  # nothing left: untouched
 
 
 def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):

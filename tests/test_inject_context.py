@@ -61,24 +61,24 @@ def test_retrieval_alone_stores_every_example_and_looks_up_its_own_text(tiny):
     p = policy(tiny)
     before_prefix = p.decision_prompt("X")
     query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
-    # an item keyed by one whole observation is retrieved by that observation with its situation's cases
+    # an item keyed by one whole observation is retrieved by that observation, and its situation's cases not:
+    # the finer key is an exception to the coarser one
     single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
     edit = ContextInjector(rules=False, k=2).inject(p, [*items(), single])
     assert p.decision_prompt("X") == before_prefix  # no rules, no demonstrations
     assert (edit.info["rules"], edit.info["demonstrations"], edit.info["cases"]) == (0, 0, 7)
     (decorated,) = p.transform([query])
-    # the most similar case of the situation is the text itself, answered with its item's action, and it
-    # comes last: right before the observation
-    assert decorated.endswith(p.rendered.turn(query, "right") + query)
-    assert decorated.count("Situation: ") == 3 and SIT_R not in decorated
-    # with rules, a text never retrieves itself (its item's rule and demonstrations hold it)
-    # and by no other observation of the situation
+    assert decorated == p.rendered.turn(query, "right") + query
+    # and by no other observation of the situation, which gets two of the situation's cases
     other = f"Cart at right, moving 0.4 m/s left. Situation: {SIT_L}."
-    assert p.rendered.turn(query, "right") not in p.transform([other])[0]
+    (shown,) = p.transform([other])
+    assert p.rendered.turn(query, "right") not in shown and shown.count(p.rendered.suffix + "left") == 2
     edit.undo()
     assert p.transform is None and p.decision_prompt("X") == before_prefix
+    # with rules, a text never retrieves itself (its item's rule and demonstrations hold it): the situation's
     ContextInjector(demos=0, k=2).inject(p, [*items(), single])
-    assert p.rendered.turn(query, "right") not in p.transform([query])[0]
+    (shown,) = p.transform([query])
+    assert p.rendered.turn(query, "right") not in shown and shown.count(p.rendered.suffix + "left") == 2
 
 
 def test_fill_shows_the_cases_found_again_until_k_are_shown(tiny):

@@ -14,9 +14,11 @@ edit through any of them changes) and one :class:`~llmrl.learner.Learner`:
 - **erase** one item, then ten more, as the learner erases: batch rebuilds the
   edit of the items left; sequential undoes the edits back to the oldest one
   that wrote an erased item and replays the later items still held. An erase
-  is good (``erase_ok``) when the erased items' examples choose as the
-  untouched model did (share >= :data:`RESTORED_MIN`) and the items left lose at
-  most :data:`KEPT_DROP_MAX` reliability;
+  is good (``erase_ok``) when the erased items' examples choose what the
+  knowledge left says (share >= :data:`RESTORED_MIN`: the untouched model's
+  choice, or the action of a coarser item still in force, as an observation
+  item's situation) and the items left lose at most :data:`KEPT_DROP_MAX`
+  reliability;
 - **undo** every edit: ``undo_exact`` when every parameter and buffer of the
   model is bit-identical to before (a SHA-256 over the state dict) and every
   policy's prompt is the original.
@@ -39,7 +41,7 @@ from typing import Any
 import torch
 
 from llmrl.capacity.pool import ORIGINS, PoolItem, build_pool, load_pool
-from llmrl.cards import get_card
+from llmrl.cards import get_card, situation_of
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
@@ -52,7 +54,7 @@ from llmrl.strategies import METHODS
 
 #: The pool every N is drawn from (a seeded sample), so that the figures for different N share items.
 POOL_SIZE = 1000
-#: An erase is good when this share of the erased items' examples choose as the untouched model did ...
+#: An erase is good when this share of the erased items' examples choose what the knowledge left says ...
 RESTORED_MIN = 0.95
 #: ... and the items left lose at most this much reliability.
 KEPT_DROP_MAX = 0.05
@@ -170,10 +172,21 @@ class _Bench:
                 policy.set_prompt(edited[k])
         return fresh, reworded
 
-    def restored(self, items: list[PoolItem]) -> float:
-        """Share of the items' examples on which the policy chooses what the untouched model chose."""
-        pairs = [(p.card, t, self._word(p.card, t)) for p in items for t in p.item.examples]
-        return _pooled(self.tasks, pairs) or 0.0
+    def expected(self, gone: list[PoolItem]) -> list[tuple[str, str, str]]:
+        """(card, text, action word) for each erased item's example: what the knowledge left says there, the
+        action of an item left keyed by the example itself, else by its situation (a coarser item still
+        in force holds it), else the untouched model's choice."""
+        out = []
+        for p in gone:
+            held = self.tasks[p.card][1].items
+            for t in p.item.examples:
+                cover = held.get(t) or held.get(situation_of(t) or "")
+                out.append((p.card, t, cover.action if cover is not None else self._word(p.card, t)))
+        return out
+
+    def restored(self, gone: list[PoolItem]) -> float:
+        """Share of the erased items' examples on which the policy chooses what the knowledge left says."""
+        return _pooled(self.tasks, self.expected(gone)) or 0.0
 
     @property
     def sequential(self) -> bool:

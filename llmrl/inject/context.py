@@ -19,18 +19,16 @@ a case, ``k`` of them retrieved per observation. The prompt then grows with
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from dataclasses import replace
 
 import torch
 
+from llmrl.cards import situation_of
 from llmrl.inject import Edit
 from llmrl.knowledge import KnowledgeItem
 from llmrl.policy import LLMPolicy
-
-_SITUATION = re.compile(r"Situation: (.+)\.$")
 
 
 def _tokens(policy: LLMPolicy, text: str) -> int:
@@ -58,17 +56,13 @@ def select(policy: LLMPolicy, items: list[KnowledgeItem], demos: int, budget: in
     return kept, ("\n".join(lines) if kept else ""), shots, used
 
 
-def _situation(text: str) -> str | None:
-    match = _SITUATION.search(text)
-    return match.group(1) if match else None
-
-
 class CaseMemory:
     """Stored (observation, action) cases retrieved by key, then by hidden-state similarity.
 
-    Cases are filed under their item's key: an observation retrieves the cases of the situation its text
-    ends with and those of an item keyed by its very text (the capacity pool's observation items), and
-    no other item's, so erasing an item takes all of its influence away. ``own``: whether an observation
+    Cases are filed under their item's key, and an observation retrieves those of the most specific key
+    that holds any: an item keyed by its very text (the capacity pool's observation items), else the
+    situation its text ends with; a finer item is an exception to a coarser one, as in any rule system.
+    No other item's cases reach it, so erasing an item takes all of its influence away. ``own``: whether an observation
     may retrieve a case of its very text (a lookup, as retrieval-only editing needs); rules and
     demonstrations already hold those otherwise. ``base``: an earlier memory whose cases this one keeps
     (an item of the same key replaces them), as a sequential edit stacks on the earlier ones.
@@ -110,9 +104,12 @@ class CaseMemory:
             self._embeddings.popitem(last=False)
 
     def retrieve(self, text: str) -> list[tuple[str, str]]:
-        """Up to ``k`` cases filed under the text's situation or the text itself, most similar last."""
-        keys = dict.fromkeys(k for k in (_situation(text), text) if k)
-        cases = [c for key in keys for c in self.cases.get(key, []) if self.own or c[0] != text]
+        """Up to ``k`` cases filed under the text itself, else under its situation; most similar last."""
+        cases: list[tuple[str, str]] = []
+        for key in (text, situation_of(text)):
+            cases = [c for c in self.cases.get(key, []) if self.own or c[0] != text] if key else []
+            if cases:
+                break
         if len(cases) > 1:
             self._embed([text])
             sims = torch.stack([self._embeddings[t] for t, _ in cases]) @ self._embeddings[text]
