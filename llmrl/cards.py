@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,15 @@ import llmrl.envs
 from llmrl.errors import UsageError
 
 BUILTIN_CARDS = Path(llmrl.envs.__file__).parent
+
+#: The phrase that ends every observation text (:meth:`Card.text`): `` Situation: S.``
+_SITUATION = re.compile(r"Situation: (.+)\.$")
+
+
+def situation_of(text: str) -> str | None:
+    """The situation an observation text ends with (None: a text no card wrote)."""
+    match = _SITUATION.search(text)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

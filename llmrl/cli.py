@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--episodes", type=int, default=0,
                     help="play each card holding run items this many episodes before and after (0: not played)")
     ed.add_argument("--max-steps", type=int, default=500, dest="max_steps", help="decisions per such episode")
+    ed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an injector option on top of the method's own (repeatable), e.g. k=1 for rag")
+    ed.add_argument("--origins", type=lambda v: v.split(","), metavar="O1,O2",
+                    help="draw only items of these origins (run, counterfactual, observation)")
     _add_model_options(ed)
     ed.add_argument("--json", action="store_true")
     return parser
@@ -378,10 +382,12 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 def _bench_edits(args: argparse.Namespace) -> dict:
     from llmrl.capacity.bench import run_capacity
+    from llmrl.config import apply_overrides
 
     result = run_capacity(args.method, args.items, sequential=args.sequential, seed=args.seed, model=args.model,
                           device=args.device or "auto", dtype=args.dtype or "auto", pool=args.pool,
-                          episodes=args.episodes, max_steps=args.max_steps).to_json()
+                          episodes=args.episodes, max_steps=args.max_steps,
+                          options=apply_overrides({}, args.set), origins=args.origins).to_json()
     if not args.json:
         mode = "sequential" if args.sequential else "batch"
         print(f"{args.method}, {args.items} items ({mode}) on {result['model']}")

@@ -8,10 +8,9 @@ benchmarks and reports a reference that acts only on the situations.
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
-from llmrl.cards import Card
+from llmrl.cards import Card, situation_of
 from llmrl.policy import Policy, PolicyStats
 
 Table = dict[str, str]
@@ -115,14 +114,12 @@ TABLES: dict[str, Callable[[Card], Table]] = {
 class TablePolicy(Policy):
     """Plays a table: the situation phrase that ends each text (``... Situation: S.``) picks the action."""
 
-    _SITUATION = re.compile(r"Situation: (.+)\.$")
-
     def __init__(self, card: Card, table: Table):
         self.action_words, self.table, self.stats = card.action_words, table, PolicyStats()
 
     def act(self, texts: list[str], slots: list[int] | None = None) -> list[int]:
         self.stats.decisions += len(texts)
-        return [self.action_words.index(self.table[self._SITUATION.search(t).group(1)]) for t in texts]
+        return [self.action_words.index(self.table[situation_of(t)]) for t in texts]
 
 
 def table_policy(card: Card, variant: str | None = None) -> TablePolicy | None:

@@ -83,7 +83,7 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("context", "context", (), "in-context editing: rules and demonstrations",
            "IKE (Zheng et al., EMNLP 2023)"),
-    Method("rag", "context", (("rules", False), ("k", 4)), "retrieval augmentation: k stored cases per "
+    Method("rag", "context", (("rules", False), ("k", 4), ("fill", True)), "retrieval augmentation: k stored cases per "
            "observation", "RAG (Lewis et al., NeurIPS 2020)"),
     Method("lora", "adapter", (), "reparameterised PET", "LoRA (Hu et al., ICLR 2022)"),
     Method("ia3", "adapter", (("kind", "ia3"),), "additive PET: learned activation scales",

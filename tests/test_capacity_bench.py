@@ -8,6 +8,7 @@ import pytest
 
 from llmrl.capacity import bench
 from llmrl.capacity.pool import build_pool, save_pool
+from llmrl.cards import get_card
 from llmrl.cli import main
 from llmrl.strategies import METHODS
 from tests.helpers import one_error_line
@@ -45,6 +46,8 @@ def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, se
     for key in ("reliability_before", "reliability", "generalization", "locality_top1"):
         assert 0 <= out[key] <= 1
     assert out["reliability_changed"] is None or 0 <= out["reliability_changed"] <= 1
+    parts = [x for x in (out["generalization_fresh"], out["generalization_reworded"]) if x is not None]
+    assert out["generalization"] == pytest.approx(sum(parts) / len(parts))
     assert out["locality_kl"] >= 0
     if method == "alphaedit":
         # with the default statistics the tiny model's key covariance has no eigenvalue below 1 % of its
@@ -66,12 +69,32 @@ def test_reliability_on_changed_examples_leaves_out_those_the_model_already_chos
 
     lm = load_model("tiny", "cpu", "float32")
     items = load_pool(pool)[:8]
-    run = bench._Bench(lm, items, "context", sequential=False)
+    run = bench._Bench(lm, items, "context", sequential=False, options={})
     agree = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) == p.item.action]
     differ = [(p, t) for p in items for t in p.item.examples if run._word(p.card, t) != p.item.action]
     assert agree and differ  # the pool's actions are the table's opposite, not the model's
     assert run.reliability(items) == pytest.approx(len(agree) / (len(agree) + len(differ)))
     assert run.reliability(items, changed=True) == 0.0  # untouched: none of those is chosen yet
+
+
+def test_an_erased_item_is_expected_to_follow_a_coarser_item_left(pool):
+    from llmrl.capacity.pool import PoolItem, load_pool
+    from llmrl.cards import situation_of
+    from llmrl.knowledge import KnowledgeItem
+    from llmrl.models import load_model
+
+    lm = load_model("tiny", "cpu", "float32")
+    fine = next(p for p in load_pool(pool) if p.origin == "observation")
+    (text,) = fine.item.examples
+    words = get_card(fine.card)[0].action_words
+    other = next(w for w in words if w != fine.item.action)
+    coarse = PoolItem(fine.card, KnowledgeItem(situation_of(text), other, 1.0, 1, examples=[text]), "counterfactual")
+    run = bench._Bench(lm, [fine, coarse], "rag", sequential=False, options={})
+    run.insert()
+    run.erase([fine])
+    assert run.expected([fine]) == [(fine.card, text, other)]  # the situation's item still holds the text
+    run.erase([coarse])
+    assert run.expected([fine]) == [(fine.card, text, run._word(fine.card, text))]  # nothing left: untouched
 
 
 def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):
@@ -87,11 +110,22 @@ def test_the_digest_sees_a_weights_edit_and_not_a_context_edit(pool):
     items = load_pool(pool)[:4]
     before = bench.model_digest(lm)
     for method, changes in (("context", False), ("memit", True)):
-        run = bench._Bench(lm, items, method, sequential=False)
+        run = bench._Bench(lm, items, method, sequential=False, options={})
         run.insert()
         assert (bench.model_digest(lm) != before) == changes
         run.learner.undo_to(0)
         assert bench.model_digest(lm) == before
+
+
+def test_set_changes_the_methods_options_and_the_record_says_so(capsys, pool):
+    out = bench_json(capsys, pool, "--method", "rag", "--items", "4", "--set", "k=1", "--set", "max_tokens=200")
+    assert out["options"] == {"k": 1, "max_tokens": 200}
+    # the method's own options stay unless set, and the record holds every option it ran with
+    assert (out["injector"]["rules"], out["injector"]["k"], out["injector"]["max_tokens"]) == (False, 1, 200)
+    default = bench_json(capsys, pool, "--method", "rag", "--items", "4")["injector"]
+    assert default["k"] == dict(METHODS["rag"].options)["k"]
+    picked = bench_json(capsys, pool, "--method", "context", "--items", "3", "--origins", "counterfactual,observation")
+    assert picked["origins"]["run"] == 0 and sum(picked["origins"].values()) == 3
 
 
 def test_bench_edits_errors(capsys, pool, tmp_path):
@@ -101,6 +135,15 @@ def test_bench_edits_errors(capsys, pool, tmp_path):
                                                           "--items", "0", "--pool", str(pool), "--model", "tiny")
     assert "more than the pool's 16 items" in one_error_line(
         capsys, "bench", "edits", "--method", "context", "--items", "17", "--pool", str(pool), "--model", "tiny")
+    assert "bad strategy_options for context" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--model", "tiny",
+        "--set", "k=0")
+    assert "--set wants key=value" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--set", "k")
+    assert "origins must be some of run, counterfactual, observation" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "1", "--pool", str(pool), "--origins", "run,nope")
+    assert "more than the pool's 4 items of origins run" in one_error_line(
+        capsys, "bench", "edits", "--method", "rag", "--items", "5", "--pool", str(pool), "--origins", "run")
     (tmp_path / "bad.json").write_text("[1]")
     assert "cannot read the item pool" in one_error_line(
         capsys, "bench", "edits", "--method", "context", "--items", "1", "--pool", str(tmp_path / "bad.json"))

@@ -51,6 +51,10 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     seeds = [records[f"edits__rag__sequential__n4__s{s}__tiny"]["capacity"]["reliability"] for s in (0, 1)]
     assert cell["reliability"] == pytest.approx([sum(seeds) / 2, min(seeds), max(seeds)])
     assert cell["seeds"] == 2 and cell["undo_exact"] == 2
+    fresh = [records[f"edits__rag__sequential__n4__s{s}__tiny"]["capacity"]["generalization_fresh"] for s in (0, 1)]
+    known = [x for x in fresh if x is not None]
+    assert cell["generalization_fresh"] == (pytest.approx([sum(known) / len(known), min(known), max(known)])
+                                            if known else None)
     text = (tmp_path / "edits" / "report.md").read_text()
     assert text.startswith("# Capacity report: edits")
     assert "## Batch editing" in text and "## Sequential editing" in text

@@ -61,20 +61,59 @@ def test_retrieval_alone_stores_every_example_and_looks_up_its_own_text(tiny):
     p = policy(tiny)
     before_prefix = p.decision_prompt("X")
     query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
-    # an item keyed by one whole observation is filed under the situation its text ends with
+    # an item keyed by one whole observation is retrieved by that observation, and its situation's cases not:
+    # the finer key is an exception to the coarser one
     single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
     edit = ContextInjector(rules=False, k=2).inject(p, [*items(), single])
     assert p.decision_prompt("X") == before_prefix  # no rules, no demonstrations
     assert (edit.info["rules"], edit.info["demonstrations"], edit.info["cases"]) == (0, 0, 7)
     (decorated,) = p.transform([query])
-    # the most similar case of the situation is the text itself, answered with its item's action
-    assert decorated.startswith(p.rendered.turn(query, "right")) and decorated.endswith(query)
-    assert decorated.count("Situation: ") == 3 and SIT_R not in decorated
-    # with rules, a text never retrieves itself (its item's rule and demonstrations hold it)
+    assert decorated == p.rendered.turn(query, "right") + query
+    # and by no other observation of the situation, which gets two of the situation's cases
+    other = f"Cart at right, moving 0.4 m/s left. Situation: {SIT_L}."
+    (shown,) = p.transform([other])
+    assert p.rendered.turn(query, "right") not in shown and shown.count(p.rendered.suffix + "left") == 2
     edit.undo()
     assert p.transform is None and p.decision_prompt("X") == before_prefix
+    # with rules, a text never retrieves itself (its item's rule and demonstrations hold it): the situation's
     ContextInjector(demos=0, k=2).inject(p, [*items(), single])
-    assert not p.transform([query])[0].startswith(p.rendered.turn(query, "right"))
+    (shown,) = p.transform([query])
+    assert p.rendered.turn(query, "right") not in shown and shown.count(p.rendered.suffix + "left") == 2
+
+
+def test_fill_shows_the_cases_found_again_until_k_are_shown(tiny):
+    p = policy(tiny)
+    query = f"Cart at left, moving 0.4 m/s left. Situation: {SIT_L}."
+    single = KnowledgeItem(query, "right", 0.0, 1, examples=[query])
+    ContextInjector(rules=False, k=3, fill=True).inject(p, [single])
+    assert p.transform([query]) == [p.rendered.turn(query, "right") * 3 + query]
+    # a situation's three cases, five shown: all three, then the two nearest again, the nearest last
+    q = policy(tiny)
+    ContextInjector(rules=False, k=5, fill=True).inject(q, items())
+    (text,) = q.transform([f"Cart at center, moving 0.25 m/s right. Situation: {SIT_R}."])
+    turns = [q.rendered.turn(t, "right") for t in items()[1].examples]
+    assert text.count("Situation: ") == 6 and all(text.count(t) in (1, 2) for t in turns)
+    assert sum(text.count(t) for t in turns) == 5 and text.count(turns[0] + turns[0]) == 0
+
+
+def test_a_sequential_retrieval_edit_keeps_the_cases_in_force_and_undo_returns_to_them(tiny):
+    p = policy(tiny)
+    left, right = items()
+    first = ContextInjector(rules=False, k=1).inject(p, [left])
+    query = left.examples[0]
+    shown = p.transform([query])
+    assert shown == [p.rendered.turn(query, "left") + query]
+    moved = KnowledgeItem(SIT_L, "right", 1.0, 5, examples=left.examples)  # the same key, another action
+    second = ContextInjector(rules=False, k=1).inject(p, [right])
+    assert p.transform([query]) == shown  # the earlier item's case is still retrieved
+    third = ContextInjector(rules=False, k=1).inject(p, [moved])
+    assert p.transform([query]) == [p.rendered.turn(query, "right") + query]  # the newer item replaced it
+    assert p.transform([right.examples[0]]) == [p.rendered.turn(right.examples[0], "right") + right.examples[0]]
+    third.undo()
+    assert p.transform([query]) == shown
+    second.undo()
+    first.undo()
+    assert p.transform is None
 
 
 def test_retrieval_alone_needs_k():

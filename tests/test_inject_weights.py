@@ -461,11 +461,17 @@ def test_ft_l_bound_holds_where_the_items_need_more(trained_models):
     assert float((weight - original).abs().max()) <= 1e-4 + 1e-6
     assert edit.info["items"]["max_nll"] > 0.05 and edit.info["items"]["steps"] == 10
     assert reliability(policy, items) == 0.0  # too small a change to move the answer
+    edit.undo()
+    edit = WeightsInjector(method="ft-l", ft_bound=1e-4, ft_lr=0.01, ft_passes=10, ft_max_steps=3).inject(
+        policy, items)
+    assert edit.info["items"]["steps"] == 3  # the cap ends the passes
 
 
 def test_ft_l_errors(trained_models):
     with pytest.raises(UsageError, match="ft-l edits exactly one layer"):
         WeightsInjector(method="ft-l", layers=[0, 1]).inject(signal_policy(trained_copy(trained_models, "llama")),
                                                              signal_items({RED: "go"}))
-    with pytest.raises(UsageError, match="ft_passes and ft_batch must be >= 1"):
+    with pytest.raises(UsageError, match="ft_passes, ft_batch and ft_max_steps must be >= 1"):
         WeightsInjector(method="ft-l", ft_bound=0)
+    with pytest.raises(UsageError, match="ft_max_steps must be >= 1"):
+        WeightsInjector(method="ft-l", ft_max_steps=0)

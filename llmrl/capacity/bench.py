@@ -14,9 +14,11 @@ edit through any of them changes) and one :class:`~llmrl.learner.Learner`:
 - **erase** one item, then ten more, as the learner erases: batch rebuilds the
   edit of the items left; sequential undoes the edits back to the oldest one
   that wrote an erased item and replays the later items still held. An erase
-  is good (``erase_ok``) when the erased items' examples choose as the
-  untouched model did (share >= :data:`RESTORED_MIN`) and the items left lose at
-  most :data:`KEPT_DROP_MAX` reliability;
+  is good (``erase_ok``) when the erased items' examples choose what the
+  knowledge left says (share >= :data:`RESTORED_MIN`: the untouched model's
+  choice, or the action of a coarser item still in force, as an observation
+  item's situation) and the items left lose at most :data:`KEPT_DROP_MAX`
+  reliability;
 - **undo** every edit: ``undo_exact`` when every parameter and buffer of the
   model is bit-identical to before (a SHA-256 over the state dict) and every
   policy's prompt is the original.
@@ -38,12 +40,12 @@ from typing import Any
 
 import torch
 
-from llmrl.capacity.pool import PoolItem, build_pool, load_pool
-from llmrl.cards import get_card
+from llmrl.capacity.pool import ORIGINS, PoolItem, build_pool, load_pool
+from llmrl.cards import get_card, situation_of
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
-from llmrl.learner import Learner, make_injector
+from llmrl.learner import Learner, injector_settings, make_injector
 from llmrl.metrics import LocalityProbe, agreement, locality_prompts
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy
@@ -52,7 +54,7 @@ from llmrl.strategies import METHODS
 
 #: The pool every N is drawn from (a seeded sample), so that the figures for different N share items.
 POOL_SIZE = 1000
-#: An erase is good when this share of the erased items' examples choose as the untouched model did ...
+#: An erase is good when this share of the erased items' examples choose what the knowledge left says ...
 RESTORED_MIN = 0.95
 #: ... and the items left lose at most this much reliability.
 KEPT_DROP_MAX = 0.05
@@ -66,6 +68,9 @@ class CapacityResult:
     sequential: bool
     seed: int
     model: str
+    #: The injector options set on top of the method's own (``--set``), and every option it ran with.
+    options: dict[str, Any]
+    injector: dict[str, Any]
     #: Device, dtype and torch threads the model ran with.
     runtime: dict[str, Any]
     origins: dict[str, int]
@@ -76,6 +81,10 @@ class CapacityResult:
     #: edit's own effect, apart from the model's prior (None when the model already agreed everywhere).
     reliability_changed: float | None
     generalization: float | None
+    #: Its two parts: fresh observations of the items' situations (None when no item has any), and the
+    #: items' examples under the reworded prompt.
+    generalization_fresh: float | None
+    generalization_reworded: float | None
     locality_kl: float
     locality_top1: float
     edit_seconds: float
@@ -105,9 +114,11 @@ def model_digest(lm: LoadedModel) -> str:
 class _Bench:
     """The policies, knowledge bases and learner of one benchmark, with the measurements they share."""
 
-    def __init__(self, lm: LoadedModel, items: list[PoolItem], method: str, sequential: bool):
+    def __init__(self, lm: LoadedModel, items: list[PoolItem], method: str, sequential: bool,
+                 options: dict[str, Any]):
         self.lm, self.items = lm, items
         spec = METHODS[method]
+        self.options = {**dict(spec.options), **options}
         self.tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]] = {}
         for p in items:
             if p.card not in self.tasks:
@@ -116,7 +127,7 @@ class _Bench:
                     card.default_action_word))
                 self.tasks[p.card] = (policy, KnowledgeBase())
         self.prompts = {k: policy.prompt for k, (policy, _) in self.tasks.items()}
-        self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(spec.options)), None,
+        self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(self.options)), None,
                                "sequential" if sequential else "rebuild")
         #: The untouched model's action index on every example text, per card.
         self.untouched = {k: self._choices(k, [t for p in items if p.card == k for t in p.item.examples])
@@ -126,33 +137,56 @@ class _Bench:
         policy = self.tasks[card][0]
         return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
 
-    def reliability(self, items: list[PoolItem], changed: bool = False) -> float | None:
+    def hits(self, items: list[PoolItem]) -> dict[tuple[str, str, str], bool]:
+        """Per (card, item key, example text): whether the policy chooses the item's action there."""
+        out = {}
+        for card, (policy, _) in self.tasks.items():
+            rows = [(p.item.situation, t, p.item.action) for p in items if p.card == card for t in p.item.examples]
+            if rows:
+                chosen = policy.scores([t for _, t, _ in rows]).argmax(-1).tolist()
+                out |= {(card, key, t): policy.action_words[i] == a for (key, t, a), i in zip(rows, chosen)}
+        return out
+
+    def reliability(self, items: list[PoolItem], changed: bool = False,
+                    hits: dict[tuple[str, str, str], bool] | None = None) -> float | None:
         """Agreement with the items' actions on their examples (``changed``: only where the untouched model
-        chose another action)."""
-        return _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.item.examples
-                                    if not changed or self._word(p.card, t) != p.item.action])
+        chose another action), read from ``hits`` where the policy was scored in this state already."""
+        hits = self.hits(items) if hits is None else hits
+        found = [hits[(p.card, p.item.situation, t)] for p in items for t in p.item.examples
+                 if not changed or self._word(p.card, t) != p.item.action]
+        return sum(found) / len(found) if found else None
 
     def _word(self, card: str, text: str) -> str:
         return self.tasks[card][0].action_words[self.untouched[card][text]]
 
-    def generalization(self, items: list[PoolItem]) -> float | None:
-        """The mean of: fresh observations, and the examples under the reworded prompt (as llmrl.metrics)."""
-        parts = [_pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])]
+    def generalization(self, items: list[PoolItem]) -> tuple[float | None, float | None]:
+        """Agreement on fresh observations, and on the examples under the reworded prompt (as llmrl.metrics)."""
+        fresh = _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])
         edited = {k: policy.prompt for k, (policy, _) in self.tasks.items()}  # a context edit's prompt
         for policy, _ in self.tasks.values():
             policy.set_prompt(replace(policy.prompt, style="reworded"))
         try:
-            parts.append(self.reliability(items))
+            reworded = self.reliability(items)
         finally:
             for k, (policy, _) in self.tasks.items():
                 policy.set_prompt(edited[k])
-        known = [x for x in parts if x is not None]
-        return sum(known) / len(known) if known else None
+        return fresh, reworded
 
-    def restored(self, items: list[PoolItem]) -> float:
-        """Share of the items' examples on which the policy chooses what the untouched model chose."""
-        pairs = [(p.card, t, self._word(p.card, t)) for p in items for t in p.item.examples]
-        return _pooled(self.tasks, pairs) or 0.0
+    def expected(self, gone: list[PoolItem]) -> list[tuple[str, str, str]]:
+        """(card, text, action word) for each erased item's example: what the knowledge left says there, the
+        action of an item left keyed by the example itself, else by its situation (a coarser item still
+        in force holds it), else the untouched model's choice."""
+        out = []
+        for p in gone:
+            held = self.tasks[p.card][1].items
+            for t in p.item.examples:
+                cover = held.get(t) or held.get(situation_of(t) or "")
+                out.append((p.card, t, cover.action if cover is not None else self._word(p.card, t)))
+        return out
+
+    def restored(self, gone: list[PoolItem]) -> float:
+        """Share of the erased items' examples on which the policy chooses what the knowledge left says."""
+        return _pooled(self.tasks, self.expected(gone)) or 0.0
 
     @property
     def sequential(self) -> bool:
@@ -203,8 +237,13 @@ def _returns(bench: _Bench, cards: list[str], episodes: int, max_steps: int, see
 
 def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, model: str | None = None,
                  device: str = "auto", dtype: str = "auto", pool: Path | None = None, episodes: int = 0,
-                 max_steps: int = 500) -> CapacityResult:
-    """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all."""
+                 max_steps: int = 500, options: dict[str, Any] | None = None,
+                 origins: list[str] | None = None) -> CapacityResult:
+    """Insert ``n`` items drawn (seeded) from the pool with ``method``; measure; erase one and ten; undo all.
+
+    ``options`` set the method's injector options on top of the method's own (``rag`` with ``k: 1``);
+    ``origins`` draws from the pool's items of these origins alone.
+    """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if n < 1:
@@ -212,15 +251,19 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     if episodes < 0 or max_steps < 1:
         raise UsageError("--episodes must be at least 0 and --max-steps at least 1")
     start = time.perf_counter()
+    if origins is not None and (not origins or set(origins) - set(ORIGINS)):
+        raise UsageError(f"origins must be some of {', '.join(ORIGINS)}; got {origins}")
     drawn = load_pool(pool) if pool is not None else build_pool(max(n, POOL_SIZE))
+    drawn = [p for p in drawn if origins is None or p.origin in origins]
     if n > len(drawn):
-        raise UsageError(f"--items {n} is more than the pool's {len(drawn)} items")
+        raise UsageError(f"--items {n} is more than the pool's {len(drawn)} items"
+                         + (f" of origins {', '.join(origins)}" if origins is not None else ""))
     rng = random.Random(seed)
     items = rng.sample(drawn, n)
     torch.manual_seed(seed)
     lm = load_model(model, device, dtype)
     before = model_digest(lm)
-    bench = _Bench(lm, items, method, sequential)
+    bench = _Bench(lm, items, method, sequential, dict(options or {}))
     probe = LocalityProbe(lm, locality_prompts("eval"))
     reliability_before = bench.reliability(items) or 0.0
     played = sorted({p.card for p in items if p.origin == "run"}) if episodes else []
@@ -228,9 +271,11 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
 
     bench.insert()
     edits = [e for _, e in bench.learner.edits]
-    reliability = bench.reliability(items) or 0.0
-    reliability_changed = bench.reliability(items, changed=True)
-    generalization = bench.generalization(items)
+    state = bench.hits(items)  # scored once; every share of this state reads it
+    reliability = bench.reliability(items, hits=state) or 0.0
+    reliability_changed = bench.reliability(items, changed=True, hits=state)
+    fresh, reworded = bench.generalization(items)
+    known = [x for x in (fresh, reworded) if x is not None]
     locality = probe.measure()
     after_returns = _returns(bench, played, episodes, max_steps, seed)
 
@@ -240,11 +285,12 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
             break
         gone = rng.sample(left, count)
         left = [p for p in left if p not in gone]
-        kept_before = bench.reliability(left)
+        kept_before = bench.reliability(left, hits=state)
         t0 = time.perf_counter()
         bench.erase(gone)
         seconds = time.perf_counter() - t0
-        kept = bench.reliability(left)
+        state = bench.hits(left)
+        kept = bench.reliability(left, hits=state)
         erase.append({"erased": count, "restored": bench.restored(gone), "kept_before": kept_before,
                       "kept": kept, "seconds": seconds})
     erase_ok = all(e["restored"] >= RESTORED_MIN
@@ -254,10 +300,13 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     undo_exact = model_digest(lm) == before and all(
         policy.prompt == bench.prompts[k] for k, (policy, _) in bench.tasks.items())
     return CapacityResult(
-        method=method, items=n, sequential=sequential, seed=seed, model=lm.name, runtime=lm.runtime,
-        origins={o: sum(p.origin == o for p in items) for o in ("run", "counterfactual", "observation")},
+        method=method, items=n, sequential=sequential, seed=seed, model=lm.name,
+        options=dict(options or {}), injector=injector_settings(METHODS[method].strategy, bench.options),
+        runtime=lm.runtime,
+        origins={o: sum(p.origin == o for p in items) for o in ORIGINS},
         reliability_before=reliability_before, reliability=reliability, reliability_changed=reliability_changed,
-        generalization=generalization,
+        generalization=sum(known) / len(known) if known else None, generalization_fresh=fresh,
+        generalization_reworded=reworded,
         locality_kl=locality["locality_kl"], locality_top1=locality["locality_top1"],
         edit_seconds=sum(e.seconds for e in edits), params_touched=max((e.params_touched for e in edits), default=0),
         erase=erase, returns={k: {"before": before_returns[k], "after": after_returns[k]} for k in played},

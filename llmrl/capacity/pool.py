@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from llmrl.cards import Card, all_cards, get_card
+from llmrl.cards import Card, all_cards, get_card, situation_of
 from llmrl.errors import UsageError
 from llmrl.knowledge import KnowledgeItem, texts_by_situation
 from llmrl.oracle import table_policy
@@ -160,9 +160,8 @@ def build_pool(size: int = 1000, seed: int = 0, cards: list[str] | None = None, 
             if text is None:
                 del queues[key]
                 continue
-            situation = text.rsplit("Situation: ", 1)[-1].rstrip(".")
             card = get_card(key)[0]
-            action = _counter_action(card, situation, rng)
+            action = _counter_action(card, situation_of(text), rng)
             pool.append(PoolItem(key, _item(text, action, "observation", [text]), "observation"))
             if len(pool) == size:
                 break

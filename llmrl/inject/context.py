@@ -6,8 +6,10 @@ finished exchanges of one of its source observations answered with the
 preferred action. Rules and demonstrations sit in the shared prefix, so their
 KV cache is computed once. Optionally (SERAC / ExpeL-style memory), each
 observation is also preceded by up to ``k`` stored cases of its own
-situation, the closest first by cosine similarity of the model's own
-mean-pooled hidden states. Everything stays within ``max_tokens``.
+situation, by cosine similarity of the model's own mean-pooled hidden
+states, the closest last: right before the observation, where a small
+model attends most (Liu et al., DeeLIO 2022, found the nearest examples
+placed next to the query work best). Everything stays within ``max_tokens``.
 
 With ``rules: false`` the edit is retrieval alone (RAG, Lewis et al., NeurIPS
 2020): no rules and no demonstrations, every example of every item stored as
@@ -17,18 +19,16 @@ a case, ``k`` of them retrieved per observation. The prompt then grows with
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from dataclasses import replace
 
 import torch
 
+from llmrl.cards import situation_of
 from llmrl.inject import Edit
 from llmrl.knowledge import KnowledgeItem
 from llmrl.policy import LLMPolicy
-
-_SITUATION = re.compile(r"Situation: (.+)\.$")
 
 
 def _tokens(policy: LLMPolicy, text: str) -> int:
@@ -56,28 +56,34 @@ def select(policy: LLMPolicy, items: list[KnowledgeItem], demos: int, budget: in
     return kept, ("\n".join(lines) if kept else ""), shots, used
 
 
-def _situation(text: str) -> str | None:
-    match = _SITUATION.search(text)
-    return match.group(1) if match else None
-
-
 class CaseMemory:
-    """Stored (observation, action) cases retrieved by situation, then by hidden-state similarity.
+    """Stored (observation, action) cases retrieved by key, then by hidden-state similarity.
 
-    Cases are filed under the situation their text ends with, so an item keyed by one whole observation
-    shares its situation's cases. ``own``: whether an observation may retrieve a case of its very text
-    (a lookup, as retrieval-only editing needs); rules and demonstrations already hold those otherwise.
+    Cases are filed under their item's key, and an observation retrieves those of the most specific key
+    that holds any: an item keyed by its very text (the capacity pool's observation items), else the
+    situation its text ends with; a finer item is an exception to a coarser one, as in any rule system.
+    No other item's cases reach it, so erasing an item takes all of its influence away. ``own``: whether an observation
+    may retrieve a case of its very text (a lookup, as retrieval-only editing needs); rules and
+    demonstrations already hold those otherwise. ``base``: an earlier memory whose cases this one keeps
+    (an item of the same key replaces them), as a sequential edit stacks on the earlier ones.
+    ``fill``: when fewer than ``k`` cases are found, show them again, in turn, until ``k`` are shown: a
+    small model copies an answer far more often after several identical exchanges than after one
+    (``scripts/copy_probe.py``).
     """
 
     def __init__(self, policy: LLMPolicy, items: list[KnowledgeItem], k: int, budget: int, layer: float,
-                 own: bool = False, cache_size: int = 65536, batch_size: int = 64):
+                 own: bool = False, fill: bool = False, base: CaseMemory | None = None, cache_size: int = 65536,
+                 batch_size: int = 64):
         self.policy, self.k, self.budget, self.own, self.batch_size = policy, k, budget, own, batch_size
+        self.fill = fill
         self.layer = max(1, round(layer * policy.lm.model.config.num_hidden_layers))
-        self.cases: dict[str, list[tuple[str, str]]] = {}
+        # on top of an earlier memory (sequential editing): its cases, an item of the same key replacing its own
+        self.cases: dict[str, list[tuple[str, str]]] = {} if base is None else dict(base.cases)
+        for key in {item.situation for item in items}:
+            self.cases[key] = []
         for item in items:
-            for text in item.examples:
-                self.cases.setdefault(_situation(text) or item.situation, []).append((text, item.action))
-        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+            self.cases[item.situation].extend((text, item.action) for text in item.examples)
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict() if base is None else base._embeddings
         self._cache_size = cache_size
         self._embed([t for cases in self.cases.values() for t, _ in cases])
 
@@ -98,14 +104,19 @@ class CaseMemory:
             self._embeddings.popitem(last=False)
 
     def retrieve(self, text: str) -> list[tuple[str, str]]:
-        """Up to ``k`` cases of the text's situation, most similar first."""
-        situation = _situation(text)
-        cases = [c for c in self.cases.get(situation, []) if self.own or c[0] != text] if situation else []
-        if len(cases) <= self.k:
-            return cases
-        self._embed([text])
-        sims = torch.stack([self._embeddings[t] for t, _ in cases]) @ self._embeddings[text]
-        return [cases[i] for i in sims.argsort(descending=True)[: self.k].tolist()]
+        """Up to ``k`` cases filed under the text itself, else under its situation; most similar last."""
+        cases: list[tuple[str, str]] = []
+        for key in (text, situation_of(text)):
+            cases = [c for c in self.cases.get(key, []) if self.own or c[0] != text] if key else []
+            if cases:
+                break
+        if len(cases) > 1:
+            self._embed([text])
+            sims = torch.stack([self._embeddings[t] for t, _ in cases]) @ self._embeddings[text]
+            cases = [cases[i] for i in sims.argsort(descending=True)[: self.k].tolist()]
+        if self.fill and cases:
+            cases = [cases[i % len(cases)] for i in range(self.k)]
+        return cases[::-1]
 
     def decorate(self, texts: list[str]) -> list[str]:
         """Put each text's retrieved cases before it as finished exchanges, within the token budget."""
@@ -113,7 +124,7 @@ class CaseMemory:
         for text in texts:
             turns = [self.policy.rendered.turn(case, action) for case, action in self.retrieve(text)]
             while turns and _tokens(self.policy, "".join(turns)) > self.budget:
-                turns.pop()
+                turns.pop(0)  # the least similar
             out.append("".join(turns) + text)
         return out
 
@@ -125,13 +136,13 @@ class ContextInjector:
     name = "context"
 
     def __init__(self, demos: int = 1, k: int = 0, max_tokens: int = 1024, embed_layer: float = 0.5,
-                 rules: bool = True):
+                 rules: bool = True, fill: bool = False):
         if demos < 0 or k < 0 or max_tokens < 1 or not 0 < embed_layer <= 1:
             raise ValueError("demos >= 0, k >= 0, max_tokens >= 1 and 0 < embed_layer <= 1 are required")
         if not rules and k < 1:
             raise ValueError("retrieval alone (rules: false) needs k >= 1")
         self.demos, self.k, self.max_tokens, self.embed_layer = demos, k, max_tokens, embed_layer
-        self.rules = rules
+        self.rules, self.fill = rules, fill
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         t0 = time.perf_counter()
@@ -143,7 +154,9 @@ class ContextInjector:
         context = "\n".join(p for p in (original_prompt.context, rules) if p)
         policy.set_prompt(replace(original_prompt, context=context, shots=original_prompt.shots + shots))
         if self.k:
-            memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer, own=not self.rules)
+            earlier = getattr(original_transform, "__self__", None)  # a memory in force: this edit stacks on it
+            memory = CaseMemory(policy, kept, self.k, self.max_tokens - used, self.embed_layer, own=not self.rules,
+                                fill=self.fill, base=earlier if isinstance(earlier, CaseMemory) else None)
             policy.transform = memory.decorate
 
         def undo() -> None:

@@ -23,7 +23,8 @@ from llmrl.strategies import METHODS
 
 #: The measurements per cell, in the table's order: (result key, column).
 MEASURES = (("reliability", "reliability"), ("generalization", "generalization"), ("locality_kl", "locality KL"),
-            ("locality_top1", "locality top-1"))
+            ("locality_top1", "locality top-1"), ("reliability_changed", "reliability where changed"),
+            ("generalization_fresh", "fresh observations"))
 PLOTTED = MEASURES[:3]
 
 
@@ -55,7 +56,7 @@ def capacity_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], 
         rows = []
         for key in keys:
             runs = cells[key]
-            stats = {m: _spread([r[m] for r in runs if r[m] is not None]) for m, _ in MEASURES}
+            stats = {m: _spread([r[m] for r in runs if r.get(m) is not None]) for m, _ in MEASURES}
             seconds = float(np.mean([r["edit_seconds"] for r in runs]))
             erase = sum(r["erase_ok"] for r in runs)
             undo = sum(r["undo_exact"] for r in runs)

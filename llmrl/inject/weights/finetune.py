@@ -37,11 +37,13 @@ class _Task:
 
 
 def finetune(engine: Engine, layout: Layout, layer: int, pairs: list[tuple[LLMPolicy, list[KnowledgeItem]]],
-             passes: int, lr: float, bound: float, batch_size: int, stop_nll: float, seed: int) -> dict:
+             passes: int, lr: float, bound: float, batch_size: int, stop_nll: float, seed: int,
+             max_steps: int) -> dict:
     """Fine-tune ``layout.projections[layer]`` on the items within ``bound`` of its weights; write the change.
 
     ``passes`` over the items in all (steps of ``batch_size`` example prompts, the policies' items in
-    turn), stopping early once a step's rows all have an NLL below ``stop_nll``.
+    turn) or ``max_steps`` steps, whichever is fewer, stopping early once a step's rows all have an NLL
+    below ``stop_nll``.
     """
     module = layout.projections[layer]
     weight = module.weight
@@ -57,7 +59,7 @@ def finetune(engine: Engine, layout: Layout, layer: int, pairs: list[tuple[LLMPo
         enc = encode(policy, items)
         tasks.append(_Task(enc, balanced_batches([len(s) for s in enc.suffixes], batch_size, gen)))
     rows = sum(len(s) for t in tasks for s in t.enc.suffixes)
-    steps = passes * max(1, -(-rows // batch_size))
+    steps = min(max_steps, passes * max(1, -(-rows // batch_size)))
     optimiser = torch.optim.Adam([delta], lr=lr)
     handle = module.register_forward_hook(hook)
     done = 0

@@ -88,7 +88,9 @@ class WeightsInjector:
     keys, values or statistics; ``ft_passes`` passes of Adam at ``ft_lr`` over
     the items' example prompts, ``ft_batch`` per step, on the one layer of
     ``layers`` (default: ROME's), every weight kept within ``ft_bound`` of its
-    value; it stops once every row's NLL is below ``stop_nll``.
+    value, at most ``ft_max_steps`` steps (passes grow with the items: 25
+    passes over a thousand items' prompts would be 4,000 steps); it stops once
+    every row's NLL is below ``stop_nll``.
     """
 
     name: ClassVar[str] = "weights"
@@ -118,6 +120,7 @@ class WeightsInjector:
     ft_lr: float = 5e-4
     ft_bound: float = 5e-4
     ft_batch: int = 8
+    ft_max_steps: int = 500
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -130,8 +133,8 @@ class WeightsInjector:
             raise UsageError(f"essence template {self.essence!r} needs exactly one {{}} for the situation")
         if self.null_space and self.method != "memit":
             raise UsageError("null_space projects MEMIT's update; use method: memit")
-        if min(self.ft_passes, self.ft_batch) < 1 or min(self.ft_lr, self.ft_bound) <= 0:
-            raise UsageError("ft_passes and ft_batch must be >= 1, ft_lr and ft_bound > 0")
+        if min(self.ft_passes, self.ft_batch, self.ft_max_steps) < 1 or min(self.ft_lr, self.ft_bound) <= 0:
+            raise UsageError("ft_passes, ft_batch and ft_max_steps must be >= 1, ft_lr and ft_bound > 0")
         if not 0 < self.null_space_rtol < 1 or self.null_space_l2 <= 0:
             raise UsageError("0 < null_space_rtol < 1 and null_space_l2 > 0 are required")
         #: Per layer, the key of each (policy, situation) whose latest edit is in force, and the null-space
@@ -185,7 +188,7 @@ class WeightsInjector:
             with frozen(model):
                 if self.method == "ft-l":
                     report = finetune(engine, layout, layers[0], pairs, self.ft_passes, self.ft_lr, self.ft_bound,
-                                      self.ft_batch, self.stop_nll, self.stats_seed)
+                                      self.ft_batch, self.stop_nll, self.stats_seed, self.ft_max_steps)
                 else:
                     edit = self._rome if self.method == "rome" else self._memit
                     report = edit(engine, layout, layers, plans, moments)
