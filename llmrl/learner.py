@@ -171,9 +171,10 @@ class Learner:
         todo: dict[str, dict[str, KnowledgeItem]] = {}  # card -> situation -> item, in injection order
         kb = self.tasks[key][1]
         orphans = {i.situation for i in changes["erase"]} - set(kb.items)
-        if orphans:
-            oldest = min(n for n, (k, e) in enumerate(self.edits)
-                         if k == key and orphans & {i.situation for i in e.items})
+        # the edits that wrote them: none left when erasing another card's items undid them already
+        wrote = [n for n, (k, e) in enumerate(self.edits) if k == key and orphans & {i.situation for i in e.items}]
+        if wrote:
+            oldest = wrote[0]
             for k, e in self.edits[oldest:]:
                 held = self.tasks[k][1].items
                 todo.setdefault(k, {}).update({i.situation: i for i in e.items if held.get(i.situation) is i})

@@ -83,6 +83,24 @@ def test_sequential_edits_stack_and_an_erased_item_is_taken_out(setup, strategy)
     assert fingerprint(lm.model) == start
 
 
+def test_erasing_items_of_two_cards_at_once_undoes_each_once(setup):
+    lm, policy, texts = setup
+    other = make_baseline("zero-shot", get_card("CartPole-v1")[0], lm)  # a second card's policy on the model
+    kb, kb2 = KnowledgeBase(), KnowledgeBase()
+    ln = Learner({"one": (policy, kb), "two": (other, kb2)}, INJECTORS["context"](),
+                 LoopConfig(env="CartPole-v1", strategy="context"), "sequential")
+    a, b, c = item(texts, LEFT, "right"), item(texts, RIGHT, "left"), item(texts, RIGHT, "right")
+    for key, base, it in (("two", kb2, b), ("one", kb, a), ("one", kb, c)):
+        base.items[it.situation] = it
+        ln.apply(key, changes(insert=[it]))
+    # erase b (card two, oldest) and c (card one, newest) together, as the capacity benchmark does: the
+    # first call undoes back to b, which takes c's edit out too; the second finds nothing left to undo
+    del kb2.items[RIGHT], kb.items[RIGHT]
+    ln.apply("two", changes(erase=[b]))
+    ln.apply("one", changes(erase=[c]))
+    assert [e.items for _, e in ln.edits] == [[a]] and ln.replayed == 1
+
+
 def test_rebuild_keeps_one_edit_of_every_item_held(setup):
     lm, policy, texts = setup
     start = fingerprint(lm.model)
