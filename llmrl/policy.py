@@ -233,10 +233,18 @@ class LLMPolicy(Policy):
 
     # -- public API ----------------------------------------------------------------------------
 
-    def scores(self, texts: list[str]) -> torch.Tensor:
-        """Normalised action scores [len(texts), actions], through the decision cache."""
+    def scores(self, texts: list[str], cached: bool = True) -> torch.Tensor:
+        """Normalised action scores [len(texts), actions], through the decision cache.
+
+        ``cached=False`` scores afresh in batches of exactly these texts, in order, and neither reads nor
+        fills the cache: two states of a model compared this way see identical batches, which matters in
+        low precision, where a text's scores move with the shape of the batch it is scored in.
+        """
         if self.transform is not None:
             texts = self.transform(texts)
+        if not cached:
+            return torch.cat([self._score_uncached(texts[s:s + self.max_batch])
+                              for s in range(0, len(texts), self.max_batch)])
         result: list[torch.Tensor | None] = [self._decisions.get(t) for t in texts]
         for t in texts:
             if t in self._decisions:

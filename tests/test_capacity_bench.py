@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llmrl.capacity import bench
 from llmrl.capacity.pool import build_pool, save_pool
@@ -90,11 +91,32 @@ def test_an_erased_item_is_expected_to_follow_a_coarser_item_left(pool):
     other = next(w for w in words if w != fine.item.action)
     coarse = PoolItem(fine.card, KnowledgeItem(situation_of(text), other, 1.0, 1, examples=[text]), "counterfactual")
     run = bench._Bench(lm, [fine, coarse], "rag", sequential=False, options={})
+    untouched = run.untouched_batch([fine])
+    assert untouched == [run._word(fine.card, text)]
     run.insert()
     run.erase([fine])
-    assert run.expected([fine]) == [(fine.card, text, other)]  # the situation's item still holds the text
+    assert run.expected([fine], untouched) == [other]  # the situation's item still holds the text
     run.erase([coarse])
-    assert run.expected([fine]) == [(fine.card, text, run._word(fine.card, text))]  # nothing left: untouched
+    assert run.expected([fine], untouched) == untouched  # nothing left: the untouched model's choice
+    assert run.restored([fine], untouched) == 1.0
+
+
+def test_erasing_everything_restores_every_choice_in_bf16(pool):
+    """bf16 scores move with a batch's shape; the erased examples are compared in identical batches."""
+    from llmrl.capacity.pool import load_pool
+    from llmrl.models import load_model
+
+    lm = load_model("tiny", "cpu", "bfloat16")
+    items = load_pool(pool)
+    run = bench._Bench(lm, items, "rag", sequential=False, options={})
+    untouched = run.untouched_batch(items)
+    policy = run.tasks[items[0].card][0]
+    texts = [t for p in items if p.card == items[0].card for t in p.item.examples]
+    first = policy.scores(texts, cached=False)
+    run.insert()
+    assert not torch.equal(policy.scores(texts, cached=False), first)  # the retrieved cases are read
+    run.erase(items)
+    assert run.restored(items, untouched) == 1.0
 
 
 def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):

@@ -32,6 +32,17 @@ def test_cached_batched_scores_equal_plain_forward(tiny, normalization):
     assert policy.stats.cache_hits == 3
 
 
+def test_uncached_scores_use_exactly_the_batch_given_and_leave_the_cache_alone(tiny):
+    prompt = Prompt("You are in a maze.", WORDS)
+    policy = LLMPolicy(tiny, prompt, max_batch=2)
+    got = policy.scores(TEXTS, cached=False)
+    assert not policy._decisions and policy.stats.cache_hits == 0
+    torch.testing.assert_close(got, reference_scores(tiny, prompt, TEXTS, "word"), atol=1e-4, rtol=0)
+    policy.scores(TEXTS[:1])  # cached now; an uncached call still scores afresh
+    torch.testing.assert_close(policy.scores(TEXTS, cached=False), got, atol=0, rtol=0)
+    assert policy.stats.cache_hits == 0
+
+
 def test_plain_layout_without_chat_template(tiny):
     lm = copy.copy(tiny)
     lm.tokenizer = copy.deepcopy(tiny.tokenizer)

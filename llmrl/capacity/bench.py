@@ -18,7 +18,9 @@ edit through any of them changes) and one :class:`~llmrl.learner.Learner`:
   knowledge left says (share >= :data:`RESTORED_MIN`: the untouched model's
   choice, or the action of a coarser item still in force, as an observation
   item's situation) and the items left lose at most :data:`KEPT_DROP_MAX`
-  reliability;
+  reliability. The erased examples are scored before the insert and after the
+  erase in identical batches, so that bf16 near-ties, which move with a batch's
+  shape, cannot pass for an edit's trace;
 - **undo** every edit: ``undo_exact`` when every parameter and buffer of the
   model is bit-identical to before (a SHA-256 over the state dict) and every
   policy's prompt is the original.
@@ -46,7 +48,7 @@ from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
 from llmrl.learner import Learner, injector_settings, make_injector
-from llmrl.metrics import LocalityProbe, agreement, locality_prompts
+from llmrl.metrics import LocalityProbe, locality_prompts
 from llmrl.models import LoadedModel, load_model
 from llmrl.policy import LLMPolicy
 from llmrl.prompts import card_prompt
@@ -137,15 +139,22 @@ class _Bench:
         policy = self.tasks[card][0]
         return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
 
+    def chosen(self, pairs: list[tuple[str, str]], cached: bool = True) -> list[str]:
+        """The action word chosen on each (card, text), each card's texts scored in one batch by its policy
+        (``cached=False``: afresh, in exactly that batch; see :meth:`LLMPolicy.scores`)."""
+        out: dict[int, str] = {}
+        for card, (policy, _) in self.tasks.items():
+            rows = [i for i, (c, _) in enumerate(pairs) if c == card]
+            if rows:
+                picks = policy.scores([pairs[i][1] for i in rows], cached=cached).argmax(-1).tolist()
+                out |= {i: policy.action_words[k] for i, k in zip(rows, picks)}
+        return [out[i] for i in range(len(pairs))]
+
     def hits(self, items: list[PoolItem]) -> dict[tuple[str, str, str], bool]:
         """Per (card, item key, example text): whether the policy chooses the item's action there."""
-        out = {}
-        for card, (policy, _) in self.tasks.items():
-            rows = [(p.item.situation, t, p.item.action) for p in items if p.card == card for t in p.item.examples]
-            if rows:
-                chosen = policy.scores([t for _, t, _ in rows]).argmax(-1).tolist()
-                out |= {(card, key, t): policy.action_words[i] == a for (key, t, a), i in zip(rows, chosen)}
-        return out
+        rows = [(p.card, p.item.situation, t, p.item.action) for p in items for t in p.item.examples]
+        chosen = self.chosen([(c, t) for c, _, t, _ in rows])
+        return {(c, key, t): word == a for (c, key, t, a), word in zip(rows, chosen)}
 
     def reliability(self, items: list[PoolItem], changed: bool = False,
                     hits: dict[tuple[str, str, str], bool] | None = None) -> float | None:
@@ -161,7 +170,8 @@ class _Bench:
 
     def generalization(self, items: list[PoolItem]) -> tuple[float | None, float | None]:
         """Agreement on fresh observations, and on the examples under the reworded prompt (as llmrl.metrics)."""
-        fresh = _pooled(self.tasks, [(p.card, t, p.item.action) for p in items for t in p.fresh])
+        triples = [(p.card, t, p.item.action) for p in items for t in p.fresh]
+        fresh = _share(self.chosen([(c, t) for c, t, _ in triples]), [a for _, _, a in triples])
         edited = {k: policy.prompt for k, (policy, _) in self.tasks.items()}  # a context edit's prompt
         for policy, _ in self.tasks.values():
             policy.set_prompt(replace(policy.prompt, style="reworded"))
@@ -172,21 +182,31 @@ class _Bench:
                 policy.set_prompt(edited[k])
         return fresh, reworded
 
-    def expected(self, gone: list[PoolItem]) -> list[tuple[str, str, str]]:
-        """(card, text, action word) for each erased item's example: what the knowledge left says there, the
-        action of an item left keyed by the example itself, else by its situation (a coarser item still
-        in force holds it), else the untouched model's choice."""
+    @staticmethod
+    def examples(gone: list[PoolItem]) -> list[tuple[str, str]]:
+        return [(p.card, t) for p in gone for t in p.item.examples]
+
+    def untouched_batch(self, gone: list[PoolItem]) -> list[str]:
+        """The untouched model's choices on the items' examples, scored afresh in the very batches that
+        :meth:`restored` scores them in after their erase (call before the insert): a bf16 near-tie then
+        falls the same way in both, so only the edits left can move a choice."""
+        return self.chosen(self.examples(gone), cached=False)
+
+    def expected(self, gone: list[PoolItem], untouched: list[str]) -> list[str]:
+        """The action word each erased item's example should get (as :meth:`examples` orders them): what
+        the knowledge left says there, the action of an item left keyed by the example itself, else by its
+        situation (a coarser item still in force holds it), else ``untouched``, the untouched model's."""
         out = []
-        for p in gone:
-            held = self.tasks[p.card][1].items
-            for t in p.item.examples:
-                cover = held.get(t) or held.get(situation_of(t) or "")
-                out.append((p.card, t, cover.action if cover is not None else self._word(p.card, t)))
+        for (card, t), before in zip(self.examples(gone), untouched):
+            held = self.tasks[card][1].items
+            cover = held.get(t) or held.get(situation_of(t) or "")
+            out.append(cover.action if cover is not None else before)
         return out
 
-    def restored(self, gone: list[PoolItem]) -> float:
+    def restored(self, gone: list[PoolItem], untouched: list[str]) -> float:
         """Share of the erased items' examples on which the policy chooses what the knowledge left says."""
-        return _pooled(self.tasks, self.expected(gone)) or 0.0
+        now = self.chosen(self.examples(gone), cached=False)
+        return _share(now, self.expected(gone, untouched)) or 0.0
 
     @property
     def sequential(self) -> bool:
@@ -213,17 +233,8 @@ class _Bench:
             self.learner.apply(card, {**NO_CHANGES, "erase": [p.item for p in gone if p.card == card]})
 
 
-def _pooled(tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], triples: list[tuple[str, str, str]]
-            ) -> float | None:
-    """Agreement over (card, text, action word) triples, each card's texts scored by its own policy."""
-    if not triples:
-        return None
-    hits = 0.0
-    for card, (policy, _) in tasks.items():
-        pairs = [(t, a) for c, t, a in triples if c == card]
-        if pairs:
-            hits += (agreement(policy, pairs) or 0.0) * len(pairs)
-    return hits / len(triples)
+def _share(chosen: list[str], wanted: list[str]) -> float | None:
+    return sum(c == w for c, w in zip(chosen, wanted)) / len(wanted) if wanted else None
 
 
 def _returns(bench: _Bench, cards: list[str], episodes: int, max_steps: int, seed: int) -> dict[str, float]:
@@ -260,10 +271,16 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
                          + (f" of origins {', '.join(origins)}" if origins is not None else ""))
     rng = random.Random(seed)
     items = rng.sample(drawn, n)
+    erasures, left = [], list(items)  # one item, then ten more
+    for count in (1, 10):
+        if len(left) >= count:
+            erasures.append(rng.sample(left, count))
+            left = [p for p in left if p not in erasures[-1]]
     torch.manual_seed(seed)
     lm = load_model(model, device, dtype)
     before = model_digest(lm)
     bench = _Bench(lm, items, method, sequential, dict(options or {}))
+    untouched = [bench.untouched_batch(gone) for gone in erasures]
     probe = LocalityProbe(lm, locality_prompts("eval"))
     reliability_before = bench.reliability(items) or 0.0
     played = sorted({p.card for p in items if p.origin == "run"}) if episodes else []
@@ -280,10 +297,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
     after_returns = _returns(bench, played, episodes, max_steps, seed)
 
     erase, left = [], list(items)
-    for count in (1, 10):
-        if len(left) < count:
-            break
-        gone = rng.sample(left, count)
+    for gone, reference in zip(erasures, untouched):
         left = [p for p in left if p not in gone]
         kept_before = bench.reliability(left, hits=state)
         t0 = time.perf_counter()
@@ -291,7 +305,7 @@ def run_capacity(method: str, n: int, sequential: bool = False, seed: int = 0, m
         seconds = time.perf_counter() - t0
         state = bench.hits(left)
         kept = bench.reliability(left, hits=state)
-        erase.append({"erased": count, "restored": bench.restored(gone), "kept_before": kept_before,
+        erase.append({"erased": len(gone), "restored": bench.restored(gone, reference), "kept_before": kept_before,
                       "kept": kept, "seconds": seconds})
     erase_ok = all(e["restored"] >= RESTORED_MIN
                    and (e["kept"] is None or e["kept_before"] - e["kept"] <= KEPT_DROP_MAX) for e in erase)
