@@ -336,6 +336,15 @@ def cmd_report(args: argparse.Namespace) -> dict:
             forgetting = "-" if g["forgetting"] is None else f"{g['forgetting'][0]:.2f}"
             print(f"  {name:<22} {g['runs']:>4}  {acc:<24} {bwt:>8}  {forgetting:>10}")
         print(f"report: {result['markdown']} and {result['html']}")
+    elif not args.json and "cells" in result:  # a capacity grid's
+        print(f"  {'mode/method/N':<24} {'seeds':>5}  {'reliability':>11}  {'generalization':>14}  {'KL':>6}  "
+              f"{'erase ok':>8}  {'undo exact':>10}")
+        for name, c in result["cells"].items():
+            gen = "-" if c["generalization"] is None else f"{c['generalization'][0]:.2f}"
+            n = c["seeds"]
+            print(f"  {name:<24} {n:>5}  {c['reliability'][0]:>11.2f}  {gen:>14}  "
+                  f"{c['locality_kl'][0]:>6.3f}  {c['erase_ok']:>4}/{n:<3}  {c['undo_exact']:>6}/{n:<3}")
+        print(f"report: {result['markdown']} and {result['html']}")
     elif not args.json:
         for env, rows in result["stats"].items():
             normalised = env in result["normalised"]

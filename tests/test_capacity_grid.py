@@ -60,6 +60,12 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     assert "## Batch editing" in text and "## Sequential editing" in text
     assert text.index("| context | 2 |") < text.index("| context | 4 |") < text.index("| rag | 2 |")
     assert (tmp_path / "edits" / "capacity_batch.png").stat().st_size > 1000
+    assert main(["report", str(tmp_path / "edits")]) == 0  # the table on the terminal
+    lines = capsys.readouterr().out.splitlines()
+    row = next(x.split() for x in lines if x.split()[:1] == ["sequential/rag/4"])
+    assert row[1:3] == ["2", f"{cell['reliability'][0]:.2f}"]
+    assert row[-2:] == [f"{cell['erase_ok']}/2", "2/2"]
+    assert lines[-1].startswith("report: ") and len(lines) == 2 + len(report["cells"])
 
 
 def test_capacity_grid_errors(tmp_path, pool, capsys):
