@@ -6,6 +6,7 @@ silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +17,22 @@ from llmrl.errors import UsageError
 from llmrl.strategies import EDIT_STRATEGIES
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``5e-3`` and ``1E4`` as floats as YAML 1.2 does (1.1 wants a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values, with the safe loader (plain data only)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class Strict(BaseModel):
@@ -49,7 +66,7 @@ class EvalConfig(Strict):
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from a file, or a one-line UsageError saying what is wrong."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = parse_yaml(Path(path).read_text())
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
@@ -131,7 +148,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if not sep or not key:
             raise UsageError(f"--set wants key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as exc:
             raise UsageError(f"--set {key}: value {raw!r} is not valid YAML") from exc
         target = out

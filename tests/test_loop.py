@@ -56,6 +56,13 @@ def test_overrides_reach_into_mappings():
     assert LoopConfig(**values, strategy="weights").seed == 3
 
 
+def test_exponent_numbers_are_floats_in_overrides_and_files(tmp_path):
+    values = apply_overrides({}, ["strategy_options.ft_bound=5e-3", "lr=-1.5E2", "name=e5", "tag=1e"])
+    assert values == {"strategy_options": {"ft_bound": 0.005}, "lr": -150.0, "name": "e5", "tag": "1e"}
+    (tmp_path / "c.yaml").write_text("strategy_options: {lr: 2e-3, steps: 40}\n")
+    assert load_yaml(tmp_path / "c.yaml") == {"strategy_options": {"lr": 0.002, "steps": 40}}
+
+
 @pytest.mark.parametrize("override,message", [("strategy=telepathy", "strategy"), ("iterations=0", "iterations"),
                                               ("nokey", "key=value"), ("strategy_options.bogus=1", "bogus"),
                                               ("env=Nope-v0", "no card")])
