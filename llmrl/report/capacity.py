@@ -101,8 +101,11 @@ def _plot(mode: str, cells: dict[tuple[str, str, int], list[dict]], methods: lis
             if points:
                 ax.plot(*zip(*points), marker="o", label=method)
         ax.set(xscale="log", xlabel="items N", title=label)
-        if key == "locality_kl":
+        if key == "locality_kl":  # KL >= 0; linear below 1e-3 so that an exact 0 shows
             ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(-0.02, 1.02)
     fig.axes[0].legend(fontsize="small")
     fig.suptitle(f"{mode} editing")
     fig.tight_layout()
