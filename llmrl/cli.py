@@ -400,10 +400,23 @@ def _bench_edits(args: argparse.Namespace) -> dict:
     if not args.json:
         mode = "sequential" if args.sequential else "batch"
         print(f"{args.method}, {args.items} items ({mode}) on {result['model']}")
-        for key in ("reliability_before", "reliability", "generalization", "locality_kl", "locality_top1",
+        for key in ("reliability_before", "reliability", "reliability_changed", "generalization",
+                    "generalization_fresh", "generalization_reworded", "locality_kl", "locality_top1",
                     "edit_seconds", "params_touched", "erase_ok", "undo_exact"):
-            print(f"  {key:<19}: {result[key]}")
+            print(f"  {key:<23}: {_shown(result[key])}")
+        for erase in result["erase"]:
+            print(f"  erase {erase['erased']:<17}: restored {_shown(erase['restored'])}, items left "
+                  f"{_shown(erase['kept'])} (before: {_shown(erase['kept_before'])})")
     return result
+
+
+def _shown(value: Any) -> str:
+    """A measurement as the terminal shows it: floats to 4 significant digits, counts with separators."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 COMMANDS = {"model": cmd_model, "eval": cmd_eval, "run": cmd_run, "continual": cmd_continual, "ablate": cmd_ablate,

@@ -124,6 +124,20 @@ def test_undo_exact_fails_when_an_edit_stays(capsys, pool, monkeypatch):
     assert bench_json(capsys, pool, "--method", "memit", "--items", "3")["undo_exact"] is False
 
 
+def test_the_terminal_shows_every_measurement_and_each_erase(capsys, pool):
+    out = bench_json(capsys, pool, "--method", "rag", "--items", "12")
+    assert main(["bench", "edits", "--pool", str(pool), "--model", "tiny", "--dtype", "float32",
+                 "--method", "rag", "--items", "12"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "rag, 12 items (batch) on tiny"
+    shown = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert shown["reliability"] == f"{out['reliability']:.4g}" and shown["locality_kl"] == f"{out['locality_kl']:.4g}"
+    assert (shown["undo_exact"], shown["params_touched"]) == ("True", "0")
+    ten = out["erase"][1]
+    assert shown["erase 10"] == f"restored {ten['restored']:.4g}, items left {ten['kept']:.4g} (before: " \
+                                f"{ten['kept_before']:.4g})"
+
+
 def test_the_digest_sees_a_weights_edit_and_not_a_context_edit(pool):
     from llmrl.capacity.pool import load_pool
     from llmrl.models import load_model
