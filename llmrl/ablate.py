@@ -436,6 +436,19 @@ def fingerprint(specs: list[RunSpec]) -> str:
     return hashlib.sha256(json.dumps([s.run_id for s in specs]).encode()).hexdigest()[:12]
 
 
+def experiment_entry(path: Path, cfg: AblateConfig, specs: list[RunSpec]) -> dict[str, Any]:
+    """``experiment.json``: this invocation's grid on top, and under ``invocations`` every distinct grid
+    that wrote into the folder, so that a grid run in slices (``--set`` a few methods at a time) keeps
+    what each slice asked for."""
+    entry = {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)}
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    seen = earlier.get("invocations") or ([{k: earlier[k] for k in entry}] if set(entry) <= set(earlier) else [])
+    return {**entry, "invocations": seen if seen and seen[-1] == entry else [*seen, entry]}
+
+
 def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address: str | None = None,
            on_record: Callable[[RunRecord, int, int], None] | None = None) -> dict[str, Any]:
     """Run every unfinished run of the grid; returns counts and the results folder.
@@ -454,8 +467,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
         writable(results / "runs", "the records folder")
         todo = [s for s in specs if status(results, s) != "ok"]
         try:
-            write_json(results / "experiment.json",
-                       {"config": cfg.model_dump(mode="json"), "runs": len(specs), "grid": fingerprint(specs)})
+            write_json(results / "experiment.json", experiment_entry(results / "experiment.json", cfg, specs))
         except OSError as exc:
             raise UsageError(f"cannot write {results / 'experiment.json'}: {exc.strerror}") from None
         if backend == "local":

@@ -44,6 +44,12 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
 
     assert main(["ablate", str(path), "--json"]) == 0  # everything is there: nothing runs again
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["skipped"] == 16
+    # a slice of the grid into the same folder: experiment.json keeps both grids, the latest on top
+    assert main(["ablate", str(path), "--set", "capacity.methods=[rag]", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["skipped"] == 8
+    experiment = json.loads((tmp_path / "edits" / "experiment.json").read_text())
+    assert experiment["config"]["capacity"]["methods"] == ["rag"] and experiment["runs"] == 8
+    assert [e["config"]["capacity"]["methods"] for e in experiment["invocations"]] == [["context", "rag"], ["rag"]]
 
     assert main(["report", str(tmp_path / "edits"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
