@@ -105,9 +105,10 @@ def section_table(report: str, section: str, label: str | None = None) -> tuple[
 
 
 def row_key(header: list[str], row: list[str]) -> str:
-    """A row's name: its first cell, and its second where that is the accumulation mode (stream reports)."""
+    """A row's name: its first cell, and its second where that is the accumulation mode (stream reports)
+    or the item count (capacity reports)."""
     first = row[0].rstrip("*").strip()
-    return f"{first} / {row[1]}" if len(header) > 1 and header[1] == "accumulate" else first
+    return f"{first} / {row[1]}" if len(header) > 1 and header[1] in ("accumulate", "N") else first
 
 
 def args_of(spec: str) -> tuple[str, list[str]]:
