@@ -131,13 +131,9 @@ class _Bench:
         self.prompts = {k: policy.prompt for k, (policy, _) in self.tasks.items()}
         self.learner = Learner(self.tasks, make_injector(spec.strategy, dict(self.options)), None,
                                "sequential" if sequential else "rebuild")
-        #: The untouched model's action index on every example text, per card.
-        self.untouched = {k: self._choices(k, [t for p in items if p.card == k for t in p.item.examples])
-                          for k in self.tasks}
-
-    def _choices(self, card: str, texts: list[str]) -> dict[str, int]:
-        policy = self.tasks[card][0]
-        return dict(zip(texts, policy.scores(texts).argmax(-1).tolist())) if texts else {}
+        #: The untouched model's action word on every example, per (card, text), each card's in one batch.
+        pairs = [(p.card, t) for p in items for t in p.item.examples]
+        self.untouched = dict(zip(pairs, self.chosen(pairs)))
 
     def chosen(self, pairs: list[tuple[str, str]], cached: bool = True) -> list[str]:
         """The action word chosen on each (card, text), each card's texts scored in one batch by its policy
@@ -166,7 +162,7 @@ class _Bench:
         return sum(found) / len(found) if found else None
 
     def _word(self, card: str, text: str) -> str:
-        return self.tasks[card][0].action_words[self.untouched[card][text]]
+        return self.untouched[(card, text)]
 
     def generalization(self, items: list[PoolItem]) -> tuple[float | None, float | None]:
         """Agreement on fresh observations, and on the examples under the reworded prompt (as llmrl.metrics)."""
