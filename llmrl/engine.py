@@ -18,6 +18,7 @@ be continued many times.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -63,6 +64,8 @@ class Engine:
         self.model, self.pad, self.observer = model, pad, observer
         #: A one-row batch every run from nothing continues (prefix tuning's virtual tokens); None: none.
         self.start: Batch | None = None
+        #: The state every forward of this engine runs in (a routed adapter switched on); None: the model's own.
+        self.route: Callable[[], AbstractContextManager] | None = None
 
     def run(self, batch: Batch | None, rows: list[list[int]] | torch.Tensor, align: Literal["left", "right"] = "left",
             keep: int | torch.Tensor = 1, live: torch.Tensor | None = None) -> tuple[torch.Tensor | None, Batch]:
@@ -89,9 +92,10 @@ class Engine:
         dev = self.model.device
         t0 = time.perf_counter()
         try:
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                position_ids=pos.clamp_min(0).to(dev), cache=cache, use_cache=True,
-                                logits_to_keep=keep).logits
+            with self.route() if self.route is not None else nullcontext():
+                logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                    position_ids=pos.clamp_min(0).to(dev), cache=cache, use_cache=True,
+                                    logits_to_keep=keep).logits
         except StopForward:
             logits = None
         if self.observer is not None:

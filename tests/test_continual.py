@@ -78,20 +78,20 @@ ACROSS = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},
 
 
 OPTIONS = {"weights": {"steps": 2, "stats_tokens": 128, "stats_prompts": 4}, "adapter": {"steps": 2},
-           "context": {}}
+           "adapter routed": {"steps": 2, "routed": True}, "context": {}}
 
 
-@pytest.mark.parametrize(("strategy", "accumulate"), [("weights", "rebuild"), ("weights", "sequential"),
-                                                      ("adapter", "rebuild"), ("adapter", "sequential"),
-                                                      ("context", "sequential")])
-def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, monkeypatch, strategy,
+@pytest.mark.parametrize(("variant", "accumulate"), [("weights", "rebuild"), ("weights", "sequential"),
+                                                     ("adapter", "rebuild"), ("adapter", "sequential"),
+                                                     ("adapter routed", "sequential"), ("context", "sequential")])
+def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, monkeypatch, variant,
                                                                          accumulate):
     from llmrl.learner import Learner
 
     rebuilds, real = [], Learner.rebuild
     monkeypatch.setattr(Learner, "rebuild", lambda self: rebuilds.append(self.accumulate) or real(self))
-    path = stream_file(tmp_path, stages=ACROSS, strategy=strategy, accumulate=accumulate, target={},
-                       strategy_options=OPTIONS[strategy], loop={**STREAM["loop"], "z": 0.1})
+    path = stream_file(tmp_path, stages=ACROSS, strategy=variant.split()[0], accumulate=accumulate, target={},
+                       strategy_options=OPTIONS[variant], loop={**STREAM["loop"], "z": 0.1})
     assert main(["continual", str(path), "--json"]) == 0
     got = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert got["stages"] == ["CartPole-v1", "LunarLander-v3"] and len(got["raw_matrix"]) == 3

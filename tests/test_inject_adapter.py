@@ -218,7 +218,7 @@ def test_one_adapter_learns_two_policies_items_at_once(tokenizer):
     assert edit.items == ITEMS and edit.info["adapter"].policies == [policy, other]
     assert chosen(policy, ITEMS[0].examples + ITEMS[1].examples) == [i.action for i in ITEMS[:2] for _ in i.examples]
     assert chosen(other, ITEMS[2].examples) == [ITEMS[2].action] * len(ITEMS[2].examples)
-    assert [(p is policy, i) for p, i in injector._live.trained] == [(True, ITEMS[0]), (True, ITEMS[1]),
+    assert [(p is policy, i) for p, i in injector._live[None].trained] == [(True, ITEMS[0]), (True, ITEMS[1]),
                                                                      (False, ITEMS[2])]
     more = injector.inject(policy, ITEMS[:1])  # sequential on top: the other policy's item is among those held
     assert more.info["kept_items"] == 2
@@ -240,9 +240,9 @@ def test_training_further_holds_the_earlier_items_choices(tokenizer):
         more = injector.inject(policy, ITEMS[1:2])
         now = torch.log_softmax(policy.scores(ITEMS[0].examples), -1)
         assert more.info["kept_items"] == (1 if keep_weight else 0)
-        assert [i.situation for _, i in injector._live.trained] == [ITEMS[0].situation, ITEMS[1].situation]
+        assert [i.situation for _, i in injector._live[None].trained] == [ITEMS[0].situation, ITEMS[1].situation]
         more.undo()
-        assert [i for _, i in injector._live.trained] == ITEMS[:1]
+        assert [i for _, i in injector._live[None].trained] == ITEMS[:1]
         return float((was.exp() * (was - now)).sum(-1).mean()), injector
 
     naive, _ = drift(0.0)

@@ -41,9 +41,12 @@ rounds). One adapter per model: ``inject`` refuses a model that carries
 another's peft layers. On a model that carries this injector's own live
 adapter, it trains that adapter further (sequential editing), holding the
 earlier items' choices with ``keep_weight``; undo restores the adapter's weights.
+With ``routed`` (LoRA, IA3), each policy on the model gets an adapter of its own
+that only its own forwards read (:mod:`.routed`).
 
 The package: :mod:`.objective` (the items as token ids, the batches and the
-loss terms) and :mod:`.injector` (the live adapter and its training).
+loss terms), :mod:`.tuners` (each adapter family), :mod:`.routed` (adapters
+per policy) and :mod:`.injector` (the live adapter and its training).
 """
 
 from llmrl.inject.adapter.injector import LAYOUTS, OBJECTIVES, AdapterHandle, AdapterInjector, default_target_modules

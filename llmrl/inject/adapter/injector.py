@@ -26,6 +26,7 @@ from llmrl.inject.adapter.objective import (
     prefix_batch,
     row_losses,
 )
+from llmrl.inject.adapter.routed import ROUTED_KINDS, RoutedTuner
 from llmrl.inject.adapter.tuners import KINDS, BiasTuner, PeftTuner, PrefixTuner, Tuner, carries_adapter
 from llmrl.knowledge import KnowledgeItem
 from llmrl.metrics import locality_prompts as shipped_locality_prompts
@@ -101,7 +102,8 @@ class AdapterHandle:
         self.attached = False
         model = self.policies[0].lm.model
         for name, param in model.named_parameters():
-            param.requires_grad_(self._requires_grad[name])
+            if name in self._requires_grad:
+                param.requires_grad_(self._requires_grad[name])
         model.train(self._training)
         self.invalidate()
 
@@ -157,6 +159,9 @@ class AdapterInjector:
     training stops early only once those, too, are below ``stop_loss`` (0: judge by the training batch
     alone). An item against the model's prior (a mirrored control) fits its training examples long
     before it holds on observations it was not trained on.
+    ``routed`` (LoRA and IA3): one adapter per policy (per card of a stream) instead of one shared by all,
+    each read only by its own policy's forwards (:mod:`.routed`, GRACE/WISE-style side memory); a joint
+    edit trains each policy's adapter on its own items.
     """
 
     name = "adapter"
@@ -167,7 +172,7 @@ class AdapterInjector:
                  batch_size: int = 4, stop_loss: float = 0.05, answer_weight: float = 1.0,
                  locality_weight: float = 1.0, locality_prompts: list[str] | None = None, locality_batch: int = 4,
                  seed: int = 0, save_dir: Path | str | None = None, keep_weight: float = 1.0,
-                 holdout: int = 4):
+                 holdout: int = 4, routed: bool = False):
         if holdout < 0 or holdout == 1:
             raise ValueError("holdout must be 0 (off) or at least 2")
         if rank < 1 or tokens < 1 or steps < 1 or batch_size < 1 or locality_batch < 1 or lr <= 0:
@@ -177,6 +182,8 @@ class AdapterInjector:
                              "are required")
         if kind not in KINDS:
             raise ValueError(f"bad adapter kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if routed and kind not in ROUTED_KINDS:
+            raise ValueError(f"routed adapters are {' or '.join(ROUTED_KINDS)}; {kind} keeps one set per model")
         if objective not in OBJECTIVES:
             raise ValueError(f"bad objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         self.kind, self.tokens, self.rank, self.alpha, self.dropout = kind, tokens, rank, alpha, dropout
@@ -186,13 +193,20 @@ class AdapterInjector:
         self.locality_prompts = list(locality_prompts or shipped_locality_prompts("train"))
         self.seed, self.keep_weight, self.holdout = seed, keep_weight, holdout
         self.save_dir = Path(save_dir) if save_dir is not None else None
-        self._live: AdapterHandle | None = None  # the adapter of the last edit, while it is attached
+        self.routed = routed
+        #: The adapter of the last edit, per policy when routed (None: one for every policy).
+        self._live: dict[LLMPolicy | None, AdapterHandle] = {}
 
     def _attach(self, model: torch.nn.Module, policies: list[LLMPolicy], engine: Engine, first: Encoded
                 ) -> Tuner:
         if self.kind == "prefix":
             return PrefixTuner(model, [p.engine for p in policies] + [engine], first.prefix, self.tokens)
         targets = self.target_modules or default_target_modules(model)
+        if self.routed:
+            tuner = RoutedTuner(model, self.kind, targets, self.layers, self.rank, self.alpha, self.dropout)
+            for e in [p.engine for p in policies] + [engine]:
+                tuner.follow(e)
+            return tuner
         if self.kind == "bitfit":
             return BiasTuner(model, targets, self.layers)
         return PeftTuner(model, self.kind, targets, self.layers, self.rank, self.alpha, self.dropout)
@@ -203,8 +217,9 @@ class AdapterInjector:
         On a model that still carries the adapter of this injector's last edit, the edit trains that
         adapter further instead (sequential editing); undoing it restores the adapter's weights.
         """
-        live = self._live if (self._live is not None and self._live.attached
-                              and self._live.policies[0].lm.model is policy.lm.model) else None  # another card's, too
+        live = self._live.get(policy if self.routed else None)
+        if live is not None and not (live.attached and live.policies[0].lm.model is policy.lm.model):
+            live = None  # another card's counts too, unless routed
         if live is None:
             return self.inject_jointly([(policy, items)])
         t0 = time.perf_counter()
@@ -217,11 +232,14 @@ class AdapterInjector:
     def inject_jointly(self, pairs: list[tuple[LLMPolicy, list[KnowledgeItem]]]) -> Edit:
         """One new adapter trained on every policy's items at once: policies of one model (one per card of a
         stream), each step's batch from the next policy's items in turn, so each card counts the same."""
+        if self.routed and len(pairs) > 1:
+            return _joined([self.inject_jointly([pair]) for pair in pairs if _trainable(*pair, some=True)])
         t0 = time.perf_counter()
         model = pairs[0][0].lm.model
         if any(p.lm.model is not model for p, _ in pairs):
             raise ValueError("a joint edit needs every policy on the same model")
-        if carries_adapter(model):
+        live = self._live.get(pairs[0][0]) if self.routed else None
+        if (live is not None and live.attached) or (not self.routed and carries_adapter(model)):
             raise RuntimeError("the policy's model already carries an adapter; undo the previous edit first")
         pairs = [(p, _trainable(p, items, len(pairs) > 1)) for p, items in pairs]
         pairs = [(p, items) for p, items in pairs if items]
@@ -230,7 +248,8 @@ class AdapterInjector:
         engine = Engine(model, _pad(pairs[0][0]))
         tasks = [self._task(engine, p, items, n) for n, (p, items) in enumerate(pairs)]
         policies = [p for p, _ in pairs]
-        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        # a routed adapter's router keeps the flags until its last adapter goes
+        requires_grad = {} if self.routed else {n: p.requires_grad for n, p in model.named_parameters()}
         training = model.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -244,7 +263,7 @@ class AdapterInjector:
                 raise
         model.train(training)
         handle.invalidate()
-        self._live = handle
+        self._live[policies[0] if self.routed else None] = handle
         handle.trained = [(p, i) for p, items in pairs for i in items]
         info = {"kind": self.kind, "rank": self.rank, "objective": self.objective, **final,
                 "target_modules": tuner.targets, "adapter": handle}
@@ -366,8 +385,13 @@ class AdapterInjector:
         its held-out examples and the keep term are below ``stop_loss``.
 
         The base model runs in eval mode (its own dropout off), the LoRA dropout
-        in train mode; the caller puts the model back in its own mode afterwards.
+        in train mode; the caller puts the model back in its own mode afterwards. A routed adapter is
+        switched on throughout, for the locality term's forwards, which run outside any engine.
         """
+        with tuner.active():
+            return self._steps(engine, tuner, tasks, keep)
+
+    def _steps(self, engine: Engine, tuner: Tuner, tasks: list[Task], keep: list[Kept]) -> dict[str, float | int]:
         policy = tasks[0].policy
         model, tok, pad = policy.lm.model, policy.lm.tokenizer, _pad(policy)
         local = [tok(t, add_special_tokens=False).input_ids for t in locality_texts(self.locality_prompts, tok)]
@@ -406,6 +430,21 @@ class AdapterInjector:
         final = {"steps": step, "final_loss": float(loss.detach()), "final_answer_kl": float(answer_kl.detach()),
                  "final_locality_kl": float(kl.detach())}
         return final | ({"final_keep_kl": float(keep_kl.detach())} if keep else {})
+
+
+def _joined(edits: list[Edit]) -> Edit:
+    """Routed adapters' edits of one joint edit as one, undone newest first."""
+    if not edits:
+        raise ValueError("no knowledge item has example texts to train on")
+
+    def undo() -> None:
+        for edit in reversed(edits):
+            edit.undo()
+
+    return Edit("adapter", [i for e in edits for i in e.items], sum(e.seconds for e in edits),
+                sum(e.params_touched for e in edits), undo,
+                info={"routed": True, "adapters": [{k: v for k, v in e.info.items() if k != "adapter"}
+                                                   for e in edits]})
 
 
 def _trainable(policy: LLMPolicy, items: list[KnowledgeItem], some: bool = False) -> list[KnowledgeItem]:

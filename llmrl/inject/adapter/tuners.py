@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -54,19 +54,25 @@ def _weight(module: torch.nn.Module) -> torch.Tensor:
     return module.get_base_layer().weight if isinstance(module, BaseTunerLayer) else module.weight
 
 
+def peft_config(model: torch.nn.Module, kind: str, targets: list[str], layers: list[int] | None,
+                rank: int, alpha: float, dropout: float) -> LoraConfig | IA3Config:
+    """peft's configuration of a LoRA or IA3 adapter on the target modules."""
+    conv1d = any(isinstance(m, Conv1D) for n, m in model.named_modules() if any(n.endswith(t) for t in targets))
+    if kind == "lora":
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                          layers_to_transform=layers, fan_in_fan_out=conv1d, bias="none")
+    # IA3 scales the input of the feed-forward output projection, the output of the others
+    names = module_names(model, targets, layers)
+    down = [n for n in names if n.endswith(targets[-1])]
+    return IA3Config(target_modules=names, feedforward_modules=down, fan_in_fan_out=conv1d)
+
+
 class PeftTuner:
     """LoRA (Hu et al., ICLR 2022) or IA3 (Liu et al., NeurIPS 2022) layers, made and removed by peft."""
 
     def __init__(self, model: torch.nn.Module, kind: str, targets: list[str], layers: list[int] | None,
                  rank: int, alpha: float, dropout: float):
-        conv1d = any(isinstance(m, Conv1D) for n, m in model.named_modules() if any(n.endswith(t) for t in targets))
-        if kind == "lora":
-            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                                layers_to_transform=layers, fan_in_fan_out=conv1d, bias="none")
-        else:  # IA3 scales the input of the feed-forward output projection, the output of the others
-            names = module_names(model, targets, layers)
-            down = [n for n in names if n.endswith(targets[-1])]
-            config = IA3Config(target_modules=names, feedforward_modules=down, fan_in_fan_out=conv1d)
+        config = peft_config(model, kind, targets, layers, rank, alpha, dropout)
         self.kind, self.model = kind, model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that peft still calls
@@ -87,6 +93,10 @@ class PeftTuner:
 
     def follow(self, engine: Engine) -> None:
         """Nothing to do: peft's layers sit in the model every engine runs."""
+
+    def active(self) -> AbstractContextManager:
+        """Nothing to switch: the adapter is on wherever it is enabled."""
+        return nullcontext()
 
     def train_mode(self) -> None:
         """The adapter's own dropout on (the base model stays in eval mode)."""
@@ -171,6 +181,9 @@ class BiasTuner:
 
     def follow(self, engine: Engine) -> None:
         """Nothing to do: the hooks sit in the model every engine runs."""
+
+    def active(self) -> AbstractContextManager:
+        return nullcontext()
 
     def train_mode(self) -> None:
         pass
@@ -269,6 +282,9 @@ class PrefixTuner:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [t for pair in self.kv for t in pair]
+
+    def active(self) -> AbstractContextManager:
+        return nullcontext()
 
     def train_mode(self) -> None:
         pass
