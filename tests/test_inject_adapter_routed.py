@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,9 +51,9 @@ def plain_logits(policy: LLMPolicy) -> torch.Tensor:
         return policy.lm.model(input_ids=ids).logits
 
 
-def test_each_policy_reads_its_own_adapter_only(tokenizer):  # noqa: F811
+def test_each_policy_reads_its_own_adapter_only(tokenizer, tmp_path):  # noqa: F811
     """A routed edit of one card leaves the other card's scores and every forward outside the policies
-    exactly as they were; a joint edit trains one adapter per card, each learning its own items."""
+    as they were; a joint edit trains one adapter per card, each learning its own items and saved apart."""
     policy, other = two_cards(tokenizer)
     model = policy.lm.model
     before, shape = digest(model), structure(model)
@@ -64,8 +67,12 @@ def test_each_policy_reads_its_own_adapter_only(tokenizer):  # noqa: F811
     edit.undo()
     assert digest(model) == before and structure(model) == shape
 
+    injector.save_dir = tmp_path
     joint = injector.inject_jointly([(policy, ITEMS[:2]), (other, ITEMS[2:])])
     assert joint.items == ITEMS and joint.info["routed"] and len(joint.info["adapters"]) == 2
+    paths = [Path(a["path"]) for a in joint.info["adapters"]]
+    assert len(set(paths)) == 2 and all(p.is_file() and p.is_relative_to(tmp_path) for p in paths)
+    assert json.dumps(joint.info)  # a run record keeps it
     assert chosen(policy, ITEMS[0].examples) == [ITEMS[0].action] * len(ITEMS[0].examples)
     assert chosen(other, ITEMS[2].examples) == [ITEMS[2].action] * len(ITEMS[2].examples)
     same(plain_logits(policy), plain0)
