@@ -282,11 +282,14 @@ def prose(text: str) -> str:
 
 
 def report_for(doc: Path) -> list[Path]:
-    """The reports a document may quote: its own beside a NOTES file, both for the README and docs."""
+    """The reports a document may quote: its own beside a NOTES file; for the README and docs, the control
+    and Atari reports and every report its markers name."""
     if doc.name == "NOTES.md":
         own = doc.parent / "report.md"
         return [own] if own.exists() else []
-    return list(REPORTS.values())
+    named = [ROOT / m.group(2).split()[0] for m in MARKER.finditer(doc.read_text())
+             if m.group(1) == "report"]
+    return list(dict.fromkeys([*REPORTS.values(), *named]))
 
 
 @pytest.mark.parametrize("doc", documents(), ids=rel)
