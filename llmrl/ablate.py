@@ -351,7 +351,7 @@ def _run_edit(spec: RunSpec, folder: Path) -> dict[str, Any]:
     return {"model": summary.model, "runtime": summary.runtime, "env_steps": summary.env_steps,
             "curve": [_point(r["env_steps"], r["eval_returns"]) for r in summary.rows],
             "final_mean_return": summary.final_mean_return, "final_returns": summary.final_returns,
-            "edit": summary.edit, "portability": summary.portability}
+            "edit": summary.edit, "portability": summary.portability, "phases": summary.phases}
 
 
 def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
@@ -375,7 +375,7 @@ def _run_stream(spec: RunSpec, folder: Path) -> dict[str, Any]:
 
     summary = run_stream(StreamConfig(**{**spec.config, "out": folder}), progress=False)
     return {"model": None if spec.strategy == "ppo" else summary.model, "runtime": summary.runtime,
-            "env_steps": summary.env_steps, "stream": summary.to_json()}
+            "env_steps": summary.env_steps, "stream": summary.to_json(), "phases": summary.phases}
 
 
 def _run_capacity(spec: RunSpec, folder: Path) -> dict[str, Any]:

@@ -246,6 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> dict:
     from llmrl.config import LoopConfig, apply_overrides, build, load_yaml
     from llmrl.loop import run
+    from llmrl.phases import describe
 
     values = apply_overrides(load_yaml(args.config), args.set)
     cfg = build(LoopConfig, values, source=str(args.config), overrides=args.set)
@@ -260,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     summary = run(cfg, progress=sys.stderr.isatty(), on_row=show)
     if not args.json:
+        print(describe(summary.phases, summary.wall_seconds))
         print(f"results in {summary.out}")
     return summary.to_json()
 

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llmrl.cards import Card
+from llmrl.phases import PhaseClock
 from llmrl.policy import Policy
 from llmrl.rollout import Trajectory, rollout
 
@@ -55,8 +56,10 @@ class EvalResult:
 
 def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, episodes: int, seed: int = 0,
              n_envs: int = 1, max_steps: int | None = None, variant: str | None = None,
-             progress: bool = True) -> tuple[EvalResult, list[Trajectory]]:
-    """Play ``episodes`` seeded episodes and summarise them; also returns the trajectories."""
+             progress: bool = True, clock: PhaseClock | None = None) -> tuple[EvalResult, list[Trajectory]]:
+    """Play ``episodes`` seeded episodes and summarise them; also returns the trajectories.
+
+    ``clock`` gets the rollout's acting and environment seconds (:func:`~llmrl.rollout.rollout`)."""
     before = (policy.stats.decisions, policy.stats.cache_hits, policy.stats.fallbacks)
     env_name = card.key + (f":{variant}" if variant else "")
     with tqdm(total=episodes, desc=f"{policy_name} on {env_name}", unit="ep", disable=not progress,
@@ -64,7 +67,8 @@ def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, ep
         t0 = time.perf_counter()
         policy.reseed(seed)
         trajectories = rollout(policy, card, episodes, seed, n_envs, max_steps, variant,
-                               on_episode=lambda t: (bar.update(1), bar.set_postfix(ret=f"{t.ret:.1f}")))
+                               on_episode=lambda t: (bar.update(1), bar.set_postfix(ret=f"{t.ret:.1f}")),
+                               clock=clock)
         wall = time.perf_counter() - t0
     decisions = policy.stats.decisions - before[0]
 
@@ -82,7 +86,7 @@ def evaluate(policy: Policy, card: Card, policy_name: str, model: str | None, ep
 
 
 def portability(policy: Policy, card: Card, trained_on: str | None, episodes: int, seed: int = 0,
-                n_envs: int = 1, max_steps: int | None = None) -> dict[str, dict]:
+                n_envs: int = 1, max_steps: int | None = None, clock: PhaseClock | None = None) -> dict[str, dict]:
     """Return on every variant of ``card`` other than ``trained_on``: DESIGN's portability metric.
 
     Knowledge drawn from one physics or game mode may or may not carry over to
@@ -103,7 +107,7 @@ def portability(policy: Policy, card: Card, trained_on: str | None, episodes: in
             out[name] = {"skipped": f"observation space {space} differs from the trained {trained_space}"}
             continue
         result, _ = evaluate(policy, card, f"portability:{name}", None, episodes, seed=seed, n_envs=n_envs,
-                             max_steps=max_steps, variant=name, progress=False)
+                             max_steps=max_steps, variant=name, progress=False, clock=clock)
         out[name] = {"mean_return": result.mean_return, "returns": result.returns}
     return out
 

@@ -24,6 +24,7 @@ from llmrl.errors import UsageError
 from llmrl.folders import atomic_write
 from llmrl.inject import Edit, Injector
 from llmrl.knowledge import KnowledgeBase, KnowledgeItem
+from llmrl.phases import PhaseClock
 from llmrl.policy import LLMPolicy, Policy, PolicyStats
 from llmrl.rollout import Trajectory, rollout
 from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES, injector_class
@@ -121,7 +122,8 @@ class Learner:
     card's policy (weights, an adapter) reaches them all. Exploration uses
     ``cfg``'s temperature, epsilon, hold and ``n_envs``; iteration ``it``
     plays from seeds derived from ``cfg.seed`` and ``it``, so no two
-    iterations of a run share episodes.
+    iterations of a run share episodes. ``clock`` gets the seconds of its
+    collect, knowledge and inject phases (:mod:`llmrl.phases`).
 
     ``accumulate`` says how a change of the knowledge reaches the policies:
 
@@ -135,10 +137,11 @@ class Learner:
     """
 
     def __init__(self, tasks: dict[str, tuple[LLMPolicy, KnowledgeBase]], injector: Injector | None,
-                 cfg: LoopConfig | None, accumulate: str = "rebuild"):
+                 cfg: LoopConfig | None, accumulate: str = "rebuild", clock: PhaseClock | None = None):
         if accumulate not in ACCUMULATE:
             raise UsageError(f"unknown accumulate mode {accumulate!r}; choose {', '.join(ACCUMULATE)}")
         self.tasks, self.injector, self.cfg, self.accumulate = tasks, injector, cfg, accumulate
+        self.clock = clock or PhaseClock()
         #: The edits in force, oldest first, each with the card whose policy made it.
         self.edits: list[tuple[str, Edit]] = []
         self.replayed = 0
@@ -154,12 +157,15 @@ class Learner:
         policy, kb = self.tasks[card.key]
         explorer = Exploring(policy, cfg.explore_temperature, cfg.epsilon, seed=cfg.seed * 7919 + it,
                              hold=cfg.explore_hold)
-        feedback = rollout(explorer, card, episodes=steps, seed=cfg.seed * 100_000 + it * 1_000,
-                           n_envs=cfg.n_envs, variant=variant, step_budget=steps)
-        changes = kb.update(feedback, policy, it)
+        with self.clock.phase("collect"):
+            feedback = rollout(explorer, card, episodes=steps, seed=cfg.seed * 100_000 + it * 1_000,
+                               n_envs=cfg.n_envs, variant=variant, step_budget=steps, clock=self.clock)
+        with self.clock.phase("knowledge"):
+            changes = kb.update(feedback, policy, it)
         edited = self.injector is not None and any(changes.values())
         if edited:
-            self.apply(card.key, changes)
+            with self.clock.phase("inject"):
+                self.apply(card.key, changes)
         return Lesson(feedback, sum(t.length for t in feedback), changes, edited)
 
     def apply(self, key: str, changes: dict[str, list[KnowledgeItem]]) -> None:

@@ -6,7 +6,8 @@ environment steps of exploratory play, folds them into the knowledge base,
 undoes the previous edit and injects all items now in force, then evaluates
 the policy (return on fixed evaluation seeds) and the edit (reliability,
 generalization, locality, cost). Every iteration is one JSON line in
-``iterations.jsonl`` and a set of TensorBoard scalars.
+``iterations.jsonl`` and a set of TensorBoard scalars, with the seconds
+each phase of it took (:mod:`llmrl.phases`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem, texts_by_s
 from llmrl.learner import Learner, keep_settings, make_injector
 from llmrl.metrics import LocalityProbe, generalization, reliability
 from llmrl.models import LoadedModel, load_model
+from llmrl.phases import PhaseClock, efficiency
 from llmrl.policy import LLMPolicy
 from llmrl.record import EditMetrics
 
@@ -58,11 +60,19 @@ class LoopSummary:
     edit: EditMetrics
     portability: dict[str, dict] | None
     out: str
+    #: Seconds per phase over the whole run (setup included), with ``acting`` and ``env`` beside them.
+    phases: dict[str, float]
+    wall_seconds: float
+
+    @property
+    def efficiency(self) -> float | None:
+        """The share of the run's wall time spent acting and stepping environments (:mod:`llmrl.phases`)."""
+        return efficiency(self.phases, self.wall_seconds)
 
     def to_json(self) -> dict[str, Any]:
         """The summary ``llmrl run --json`` prints: everything but the per-iteration rows, the edit flattened."""
         flat = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("rows", "edit")}
-        return {**flat, **self.edit.model_dump()}
+        return {**flat, **self.edit.model_dump(), "efficiency": self.efficiency}
 
 
 def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] | None = None) -> LoopSummary:
@@ -83,25 +93,27 @@ def run(cfg: LoopConfig, progress: bool = True, on_row: Callable[[dict], None] |
 
 def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injector | None, out: Path,
              progress: bool, on_row: Callable[[dict], None] | None) -> LoopSummary:
+    start, clock = time.perf_counter(), PhaseClock()
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
     if injector is not None:
         keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     torch.manual_seed(cfg.seed)
-    lm = load_model(cfg.model, cfg.device, cfg.dtype)
-    atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
-    policy = base_policy(cfg, card, lm)
-    probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
+    with clock.phase("setup"):
+        lm = load_model(cfg.model, cfg.device, cfg.dtype)
+        atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
+        policy = base_policy(cfg, card, lm)
+        probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
+        locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
     writer = SummaryWriter(str(out / "tensorboard"))
-    locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     rows: list[dict] = []
-    learner = Learner({card.key: (policy, kb)}, injector, cfg)
+    learner = Learner({card.key: (policy, kb)}, injector, cfg, clock=clock)
     env_steps = 0
     try:
         with tqdm(total=cfg.iterations + 1, desc=f"{cfg.strategy} on {card.key}", unit="it",
                   disable=not progress) as bar:
             for it in range(cfg.iterations + 1):
-                t0 = time.perf_counter()
+                t0, before = time.perf_counter(), clock.snapshot()
                 changes = {"insert": [], "modify": [], "retain": [], "erase": []}
                 touched = False
                 if it > 0:
@@ -109,13 +121,17 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
                     env_steps += lesson.env_steps
                     changes, touched = lesson.changes, lesson.edited
                 if probe and touched:  # otherwise the model is the one last measured, and so is its locality
-                    locality = probe.measure()
-                row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes, locality)
+                    with clock.phase("locality"):
+                        locality = probe.measure()
+                row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes, locality,
+                                clock)
                 if it == cfg.iterations and cfg.portability:
-                    row["portability"] = portability(policy, card, variant, cfg.eval_episodes,
-                                                     seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
-                                                     max_steps=cfg.eval_max_steps)
+                    with clock.phase("portability"):
+                        row["portability"] = portability(policy, card, variant, cfg.eval_episodes,
+                                                         seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
+                                                         max_steps=cfg.eval_max_steps, clock=clock)
                 row["wall_seconds"] = time.perf_counter() - t0
+                row["phases"] = PhaseClock.since(before, clock.snapshot())
                 rows.append(row)
                 _log(writer, out, row)
                 if on_row:
@@ -134,7 +150,8 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
         final_mean_return=last["eval_mean_return"], final_std_return=last["eval_std_return"],
         final_returns=last["eval_returns"], initial_mean_return=rows[0]["eval_mean_return"],
         edit=EditMetrics(items=len(kb.items), **{k: last[k] for k in EditMetrics.model_fields if k != "items"}),
-        portability=last.get("portability"), out=str(out))
+        portability=last.get("portability"), out=str(out), phases=clock.snapshot(),
+        wall_seconds=time.perf_counter() - start)
 
 
 def base_policy(cfg: LoopConfig, card: Card, lm: LoadedModel, temperature: float = 0.0) -> LLMPolicy:
@@ -195,19 +212,23 @@ def restore(folder: Path | str, cfg: LoopConfig, items: list[KnowledgeItem], dev
 
 
 def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolicy, kb: KnowledgeBase,
-              edit: Edit | None, it: int, env_steps: int, changes: dict, locality: dict | None) -> dict:
-    result, trajectories = evaluate(policy, card, cfg.strategy, policy.lm.name, cfg.eval_episodes,
-                                    seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
-                                    max_steps=cfg.eval_max_steps, variant=variant, progress=False)
+              edit: Edit | None, it: int, env_steps: int, changes: dict, locality: dict | None,
+              clock: PhaseClock) -> dict:
+    with clock.phase("evaluate"):
+        result, trajectories = evaluate(policy, card, cfg.strategy, policy.lm.name, cfg.eval_episodes,
+                                        seed=eval_seed(cfg.seed), n_envs=cfg.n_envs,
+                                        max_steps=cfg.eval_max_steps, variant=variant, progress=False, clock=clock)
     items = list(kb.items.values())
     summary = result.summary()
+    with clock.phase("edit_metrics"):
+        held = reliability(policy, items) if items else None
+        general = generalization(policy, items, texts_by_situation(trajectories)) if items else None
     row = {
         "iteration": it, "env_steps": env_steps, "eval_mean_return": summary["mean_return"],
         "eval_std_return": summary["std_return"], "eval_returns": summary["returns"],
         "items": len(items), "inserted": len(changes["insert"]), "modified": len(changes["modify"]),
         "retained": len(changes["retain"]), "erased": len(changes["erase"]),
-        "reliability": reliability(policy, items) if items else None,
-        "generalization": generalization(policy, items, texts_by_situation(trajectories)) if items else None,
+        "reliability": held, "generalization": general,
         "edit_seconds": edit.seconds if edit else 0.0, "params_touched": edit.params_touched if edit else 0,
         "edit_info": _jsonable(edit.info) if edit else {},
         "decisions_per_s": summary["decisions_per_s"], "cache_hit_rate": summary["cache_hit_rate"],
@@ -226,5 +247,7 @@ def _log(writer: Any, out: Path, row: dict) -> None:
     for key, value in row.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration":
             writer.add_scalar(key, value, row["env_steps"])
+    for phase, seconds in row.get("phases", {}).items():
+        writer.add_scalar(f"phases/{phase}", seconds, row["env_steps"])
     writer.flush()
 

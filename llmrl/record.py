@@ -81,6 +81,8 @@ class RunRecord(_Record):
     stream: dict[str, Any] | None = None
     #: A capacity benchmark cell's result (llmrl.capacity.bench.CapacityResult.to_json).
     capacity: dict[str, Any] | None = None
+    #: Seconds per phase of the run, with ``acting`` and ``env`` (llmrl.phases); None for runs from before.
+    phases: dict[str, float] | None = None
     status: Literal["ok", "failed"]
     wall_seconds: float
 
@@ -91,7 +93,7 @@ class RunRecord(_Record):
     def dump(self) -> dict[str, Any]:
         """JSON-ready, without the optional keys a run of this kind never has (as records always were)."""
         data = self.model_dump(mode="json")
-        for key in ("runtime", "hyperparameters", "stream", "capacity"):
+        for key in ("runtime", "hyperparameters", "stream", "capacity", "phases"):
             if data[key] is None:
                 del data[key]
         for name, variant in (data["portability"] or {}).items():

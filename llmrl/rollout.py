@@ -10,12 +10,14 @@ episodes.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from llmrl.cards import Card
 from llmrl.errors import UsageError
+from llmrl.phases import PhaseClock
 from llmrl.policy import Policy
 
 
@@ -52,11 +54,13 @@ class Trajectory:
 def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: int = 1,
             max_steps: int | None = None, variant: str | None = None,
             on_episode: Callable[[Trajectory], None] | None = None,
-            step_budget: int | None = None) -> list[Trajectory]:
+            step_budget: int | None = None, clock: PhaseClock | None = None) -> list[Trajectory]:
     """Play ``episodes`` episodes; returns them in episode order.
 
     With ``step_budget``, play stops once that many environment steps were
     taken in all: running episodes end truncated and unstarted ones are dropped.
+    With ``clock``, the seconds spent choosing actions and stepping the
+    environments are added to its ``acting`` and ``env``.
     """
     if episodes < 1 or n_envs < 1:
         raise UsageError("episodes and n_envs must be >= 1")
@@ -68,12 +72,16 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
     running: dict[int, tuple[int, Trajectory, object]] = {}  # slot -> (episode, trajectory, obs)
     next_episode = 0
     total_steps = 0
+    acting = stepping = 0.0
+    now = time.perf_counter
 
     def start(slot: int) -> None:
-        nonlocal next_episode
+        nonlocal next_episode, stepping
         ep = next_episode
         next_episode += 1
+        t0 = now()
         obs, _ = envs[slot].reset(seed=seed + ep)
+        stepping += now() - t0
         running[slot] = (ep, Trajectory(seed + ep), obs)
 
     try:
@@ -84,14 +92,18 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
             if step_budget is not None:
                 slots = slots[:max(step_budget - total_steps, 0)]
             seen = [card.text(running[s][2], envs[s]) for s in slots]
+            t0 = now()
             if policy.reads_observations:
                 actions = policy.act_on_observations([running[s][2] for s in slots], slots)
             else:
                 actions = policy.act([text for text, _ in seen], slots)
+            acting += now() - t0
             for slot, (text, situation), a in zip(slots, seen, actions):
                 ep, traj, _ = running[slot]
                 potential = card.potential(running[slot][2], envs[slot])
+                t0 = now()
                 obs, reward, terminated, truncated, _ = envs[slot].step(values[a])
+                stepping += now() - t0
                 traj.steps.append(Step(text, situation, int(a), float(reward), potential))
                 total_steps += 1
                 out_of_budget = step_budget is not None and total_steps >= step_budget
@@ -118,6 +130,9 @@ def rollout(policy: Policy, card: Card, episodes: int, seed: int = 0, n_envs: in
     finally:
         for env in envs:
             env.close()
+        if clock is not None:
+            clock.acting += acting
+            clock.env += stepping
     return [t for t in done if t is not None]
 
 

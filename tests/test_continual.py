@@ -10,6 +10,7 @@ import yaml
 
 from llmrl.cli import main
 from llmrl.continual.metrics import normalise, stream_metrics
+from llmrl.phases import STREAM_PHASES
 from tests.helpers import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,6 +72,16 @@ def test_a_stream_end_to_end(tmp_path, capsys, monkeypatch):
     assert len(items["items"]) == lines[-1]["items"]
     settings = json.loads((out / "injector.json").read_text())
     assert settings["strategy"] == "context" and settings["options"]["max_tokens"] == 1024  # defaults kept
+    # where the time went: each line has the phases since the line before; the joint bound comes after them all
+    total = got["phases"]
+    assert all(set(line["phases"]) == {*STREAM_PHASES, "acting", "env"} for line in lines)
+    assert lines[0]["phases"]["setup"] > 0 and lines[0]["phases"]["references"] > 0
+    assert lines[0]["phases"]["collect"] == 0 < lines[0]["phases"]["evaluate"]
+    assert all(line["phases"]["collect"] > 0 and line["phases"]["setup"] == 0 for line in lines[1:])
+    for name in (*STREAM_PHASES, "acting", "env"):
+        assert sum(line["phases"][name] for line in lines) == pytest.approx(total[name] if name != "joint" else 0)
+    assert total["joint"] > 0 and sum(total[p] for p in STREAM_PHASES) <= got["wall_seconds"]
+    assert 0 < got["efficiency"] < 1
 
 
 ACROSS = [{"env": "CartPole-v1", "iterations": 2, "steps_per_iteration": 96},
@@ -223,6 +234,8 @@ def test_ppo_is_trained_on_through_the_stream(tmp_path, capsys):
     # one model trained on: its step counter runs on across stages (whole rollouts of 8 envs x 32 steps)
     assert steps == sorted(steps) and steps[0] > 0 and len(set(steps)) == 3
     assert got["env_steps"] == steps[-1]
+    # PPO's training is one phase: it collects and updates at once
+    assert all(line["phases"]["train"] > 0 == line["phases"]["collect"] for line in lines[1:])
 
 
 def test_ppo_across_cards_trains_a_fresh_learner_per_card(tmp_path, capsys):

@@ -54,6 +54,12 @@ def edit_metrics(seed: int) -> dict:
             "edit_seconds": 4.0, "params_touched": 4423658, "items": 3}
 
 
+def phases(strategy: str, seed: int) -> dict:
+    """Seconds per phase of a CartPole run (llmrl.phases): weights spend 40 s injecting, context 0.5 s."""
+    return {"setup": 2.0, "collect": 10.0 + seed, "knowledge": 1.0, "inject": 40.0 if strategy == "weights" else 0.5,
+            "locality": 3.0, "evaluate": 20.0, "edit_metrics": 5.0, "portability": 0.0, "acting": 25.0, "env": 2.0}
+
+
 # Final returns by (env, strategy): five seeds unless said otherwise.
 FINALS = {
     ("CartPole-v1", "random"): [22.0, 18.0, 25.0, 20.0, 30.0],
@@ -95,6 +101,8 @@ def make_results(root: Path) -> Path:
             r["portability"] = {"heavy-long-pole": {"mean_return": ported, "returns": [ported]}}
         if r["strategy"] == "ppo":
             r["portability"] = {"8x8": {"skipped": "observation space Discrete(64) differs"}}
+        if r["env"] == "CartPole-v1" and r["strategy"] in ("context", "weights"):
+            r["phases"] = phases(r["strategy"], r["seed"])
     failed = record("CartPole-v1", "context", 5, [(0, 9.35)], "edit")
     failed.update(status="failed", curve=[], final_mean_return=None,
                   error='Traceback (most recent call last):\n  File "loop.py", line 3\n'
@@ -155,6 +163,27 @@ def test_portability_table(report):
     assert "Portability" not in md.split("## MountainCar-v0")[1].split("\n## ")[0]  # PPO's was skipped
 
 
+def test_phase_table_and_bars(report):
+    md = Path(report["markdown"]).read_text()
+    cartpole = md.split("## CartPole-v1")[1].split("\n## ")[0]
+    table = cartpole.split("Where a run's time goes")[1]
+    rows = {r[0]: r[1:] for r in re.findall(r"^\| ([a-z-]+) \| (.*) \|$", table, flags=re.M)}
+    header = [c.strip() for c in rows.pop("strategy")[0].split("|")]
+    # portability never took time in these runs: no column for it
+    assert header == ["runs", "wall s", "efficiency", "setup", "collect", "knowledge", "inject", "locality",
+                      "evaluate", "edit metrics"]
+    assert set(rows) == {"context", "weights"}  # only the runs that timed their phases
+    walls = [100.0 + s for s in range(5)]
+    for strategy, inject in (("context", 0.5), ("weights", 40.0)):
+        cells = dict(zip(header, (c.strip() for c in rows[strategy][0].split("|"))))
+        assert cells["runs"] == "5" and cells["wall s"] == f"{np.mean(walls):,.1f}"
+        assert cells["efficiency"] == f"{np.mean([27.0 / w for w in walls]):.0%}"
+        assert cells["collect"] == "12.0" and cells["inject"] == f"{inject:,.1f}"
+    assert "phases_CartPole-v1.png" in cartpole
+    assert (Path(report["markdown"]).parent / "phases_CartPole-v1.png").exists()
+    assert "Where a run's time goes" not in md.split("## MountainCar-v0")[1]  # no run there timed its phases
+
+
 def test_winner_text(report):
     assert report["winners"] == {"ALE/Pong-v5": "few-shot", "CartPole-v1": "context", "FrozenLake-v1": None,
                                  "MountainCar-v0": "ppo"}
@@ -196,7 +225,8 @@ def test_failed_run_listed_and_excluded(report):
 def test_html_is_self_contained_and_markdown_links_the_pngs(report):
     html = Path(report["html"]).read_text()
     sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", html)
-    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # a curve per environment, and CartPole's phase bars (its only runs that timed their phases)
+    assert len(sources) == len(report["figures"]) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"https?://|file:|<link|<script", html)
     md = Path(report["markdown"]).read_text()
     for png_path, src in zip(report["figures"], sources):

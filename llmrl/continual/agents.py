@@ -24,6 +24,7 @@ from llmrl.folders import atomic_write
 from llmrl.inject import Injector
 from llmrl.knowledge import Extraction, KnowledgeBase
 from llmrl.learner import Learner
+from llmrl.phases import STREAM_PHASES, PhaseClock
 from llmrl.policy import Policy
 
 KINDS = ("insert", "modify", "retain", "erase")
@@ -33,8 +34,9 @@ class EditingAgent:
     """Language-model policies, one per card of the stream, on one model, edited by one learner."""
 
     def __init__(self, stages: list[LoopConfig], cards: list[Card], injector: Injector | None, accumulate: str,
-                 out: Path):
-        """``stages`` and ``cards`` side by side; a card's knowledge base takes its first stage's settings."""
+                 out: Path, clock: PhaseClock | None = None):
+        """``stages`` and ``cards`` side by side; a card's knowledge base takes its first stage's settings.
+        ``clock`` gets the learner's phases and the locality probe's (``locality``)."""
         from llmrl.loop import base_policy
         from llmrl.metrics import LocalityProbe
         from llmrl.models import load_model
@@ -49,7 +51,8 @@ class EditingAgent:
                 extraction = Extraction(**{f.name: getattr(stage, f.name) for f in fields(Extraction)})
                 self.tasks[card.key] = (base_policy(stage, card, self.lm), KnowledgeBase(extraction))
         self.probe = LocalityProbe.for_card(self.lm, cards[0], first.locality_prompts) if first.locality else None
-        self.learner = Learner(self.tasks, injector, first, accumulate)
+        self.clock = clock or PhaseClock(STREAM_PHASES)
+        self.learner = Learner(self.tasks, injector, first, accumulate, self.clock)
         self.model, self.runtime = self.lm.name, self.lm.runtime
         self.changes = dict.fromkeys(KINDS, 0)
         self.card = cards[0]
@@ -86,7 +89,8 @@ class EditingAgent:
                                 "held_at_start": len(self.held), "revised": len(self.revised),
                                 "steps_to_revise": sorted(self.revised.values())}
         if self.probe:
-            info.update(self.probe.measure())
+            with self.clock.phase("locality"):
+                info.update(self.probe.measure())
         return info
 
     def joint(self) -> bool | None:
@@ -126,8 +130,9 @@ class PPOAgent:
     the first time the card is played or scored: the per-stage reference.
     """
 
-    def __init__(self, seed: int, device: str, out: Path):
-        self.seed, self.out = seed, out
+    def __init__(self, seed: int, device: str, out: Path, clock: PhaseClock | None = None):
+        """``clock`` gets the seconds of training (``train``)."""
+        self.seed, self.out, self.clock = seed, out, clock or PhaseClock(STREAM_PHASES)
         self.device = "cpu" if device == "auto" else device
         self.learners: dict[str, Any] = {}  # card key -> SB3 PPO model
         self.hps: dict[str, Any] = {}
@@ -178,7 +183,8 @@ class PPOAgent:
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         ppo = self.learners[card.key]
         before = ppo.num_timesteps
-        ppo.learn(steps, reset_num_timesteps=False)
+        with self.clock.phase("train"):
+            ppo.learn(steps, reset_num_timesteps=False)
         return ppo.num_timesteps - before
 
     def policy_for(self, card: Card) -> Policy:

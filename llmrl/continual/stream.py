@@ -19,8 +19,8 @@ until that evidence contradicts them, which is what erasing and modifying
 knowledge over time measures.
 
 Outputs in ``out``: ``config.json``, ``runtime.json``, ``stages.jsonl`` (one
-line per stage, row 0 included), ``items.json``, TensorBoard scalars and
-``matrix.png``.
+line per stage, row 0 included, with the seconds each phase took since the
+previous line), ``items.json``, TensorBoard scalars and ``matrix.png``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from llmrl.evaluate import eval_seed, evaluate
 from llmrl.folders import atomic_write, exclusive, writable
 from llmrl.learner import keep_settings, make_injector
 from llmrl.oracle import table_policy
+from llmrl.phases import STREAM_PHASES, PhaseClock, efficiency
 from llmrl.policy import Policy, RandomPolicy
 from llmrl.strategies import ACCUMULATE, EDIT_STRATEGIES
 
@@ -161,6 +162,9 @@ class StreamSummary:
     #: ACC of ``joint_returns``, on the metrics' scale (normalised where the matrix is).
     acc_joint: float | None
     out: str
+    #: Seconds per phase over the whole stream (:data:`~llmrl.phases.STREAM_PHASES`), with ``acting`` and ``env``.
+    phases: dict[str, float]
+    wall_seconds: float
 
     @property
     def stage_returns(self) -> list[float]:
@@ -169,7 +173,8 @@ class StreamSummary:
 
     def to_json(self) -> dict[str, Any]:
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics"}
-        return {**flat, **self.metrics.to_json(), "stage_returns": self.stage_returns}
+        return {**flat, **self.metrics.to_json(), "stage_returns": self.stage_returns,
+                "efficiency": efficiency(self.phases, self.wall_seconds)}
 
 
 def run_stream(cfg: StreamConfig, progress: bool = True,
@@ -195,41 +200,54 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
     from llmrl.continual.agents import EditingAgent, PPOAgent
     from llmrl.continual.figure import plot_matrix
 
+    start, clock = time.perf_counter(), PhaseClock(STREAM_PHASES)
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
     if injector is not None:
         keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
-    agent: EditingAgent | PPOAgent = (
-        PPOAgent(cfg.seed, cfg.device, out) if cfg.strategy == "ppo"
-        else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out))
+    with clock.phase("setup"):
+        agent: EditingAgent | PPOAgent = (
+            PPOAgent(cfg.seed, cfg.device, out, clock) if cfg.strategy == "ppo"
+            else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out, clock))
     envs = [s.env for s in cfg.stages]
 
-    def score(p: Policy, env: str) -> float:
+    def score(p: Policy, env: str, phase: str = "evaluate") -> float:
         card, variant = get_card(env)
-        result, _ = evaluate(p, card, "stream", None, cfg.eval_episodes, seed=eval_seed(cfg.seed),
-                             n_envs=cfg.n_envs, max_steps=cfg.eval_max_steps, variant=variant, progress=False)
+        with clock.phase(phase):
+            result, _ = evaluate(p, card, "stream", None, cfg.eval_episodes, seed=eval_seed(cfg.seed),
+                                 n_envs=cfg.n_envs, max_steps=cfg.eval_max_steps, variant=variant, progress=False,
+                                 clock=clock)
         return result.mean_return
 
-    def row(known: dict[str, float] | None = None) -> list[float]:
+    def row(known: dict[str, float] | None = None, phase: str = "evaluate") -> list[float]:
         """Every stage's return now; ``known``: returns this very policy was just scored at."""
         seen = dict(known or {})  # and a task that recurs in the stream is scored once per row
         for env, (card, _) in zip(envs, tasks):
             if env not in seen:
-                seen[env] = score(agent.policy_for(card), env)
+                seen[env] = score(agent.policy_for(card), env, phase)
         return [seen[env] for env in envs]
 
-    random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e) for e in envs]
+    random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e, "references")
+                      for e in envs]
     tables = [table_policy(c, v) for c, v in tasks]
-    reference = [score(t, e) if t is not None else None for t, e in zip(tables, envs)]
+    reference = [score(t, e, "references") if t is not None else None for t, e in zip(tables, envs)]
     agent.begin(*tasks[0], cfg.reset_feedback)
     raw = [row()]
     writer = SummaryWriter(str(out / "tensorboard"))
     totals = dict.fromkeys(("insert", "modify", "erase"), 0)
     steps_to_target: list[int | None] = []
     env_steps, it = 0, 0
+    logged = dict.fromkeys(clock.snapshot(), 0.0)  # the clock when the last line was written
+
+    def timed(line: dict) -> dict:
+        nonlocal logged
+        now = clock.snapshot()
+        line["phases"], logged = PhaseClock.since(logged, now), now
+        return line
+
     bar = tqdm(total=sum(s.iterations for s in cfg.stages), desc=f"{cfg.strategy} stream", unit="it",
                disable=not progress)
     try:
-        _log(out, writer, {"stage": 0, "env": None, "row": raw[0], "env_steps": 0}, on_stage)
+        _log(out, writer, timed({"stage": 0, "env": None, "row": raw[0], "env_steps": 0}), on_stage)
         for k, (stage, (card, variant)) in enumerate(zip(cfg.stages, tasks), 1):
             if k > 1:
                 agent.begin(card, variant, cfg.reset_feedback)
@@ -249,11 +267,13 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
             info = agent.stage_info()
             for kind in totals:
                 totals[kind] += info.get(f"items_{kind}", 0)
-            _log(out, writer, {"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
-                               "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
-                               "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], **info}, on_stage)
-        joint = agent.joint() if isinstance(agent, EditingAgent) else None
-        joint_returns = None if joint is None else row() if joint else list(raw[-1])
+            _log(out, writer, timed({"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
+                                     "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
+                                     "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], **info}),
+                 on_stage)
+        with clock.phase("joint"):
+            joint = agent.joint() if isinstance(agent, EditingAgent) else None
+        joint_returns = None if joint is None else row(phase="joint") if joint else list(raw[-1])
     finally:
         bar.close()
         writer.close()
@@ -272,7 +292,8 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         stages=envs, matrix=normalised, raw_matrix=raw, random_returns=random_returns, reference_returns=reference,
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=totals["insert"], items_modified=totals["modify"], items_erased=totals["erase"],
-        items_replayed=agent.replayed, joint_returns=joint_returns, acc_joint=acc_joint, out=str(out))
+        items_replayed=agent.replayed, joint_returns=joint_returns, acc_joint=acc_joint, out=str(out),
+        phases=clock.snapshot(), wall_seconds=time.perf_counter() - start)
     atomic_write(out / "matrix.png", plot_matrix(normalised or raw, envs, f"{cfg.strategy} ({cfg.accumulate}), "
                                                   f"seed {cfg.seed}", normalised is not None))
     return summary

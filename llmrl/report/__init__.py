@@ -20,6 +20,7 @@ from llmrl.errors import UsageError
 from llmrl.folders import atomic_write
 from llmrl.report.capacity import capacity_blocks
 from llmrl.report.figures import plot_curves
+from llmrl.report.phases import phase_blocks
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, duration, slug, to_html, to_markdown
 from llmrl.report.runs import experiment_references, load_runs, records_of_kind
 from llmrl.report.stats import strategy_stats, winner_of
@@ -72,6 +73,9 @@ def write_report(results_dir: Path, reference_scores: dict[str, tuple[float, flo
         env_blocks += edit_metrics_blocks(by_env[env])
         env_blocks += portability_blocks(by_env[env])
         env_blocks += per_seed_blocks(by_env[env])
+        timing, timing_figures = phase_blocks(env, by_env[env])
+        env_blocks += timing
+        figures += timing_figures
 
     winners = {env: winner_of(stats[env]) for env in envs}
     summary = [env_summary(env, stats[env], by_env[env]) for env in envs]

@@ -31,6 +31,8 @@ class Run:
     edit: dict | None
     #: Final mean return (raw, never normalised) on each card variant the run was evaluated on.
     portability: dict[str, float]
+    #: Seconds per phase (:mod:`llmrl.phases`); None for runs recorded before phases were timed.
+    phases: dict[str, float] | None = None
 
 
 def experiment_references(results_dir: Path) -> dict[str, tuple[float, float]]:
@@ -85,7 +87,8 @@ def _parse_run(record: RunRecord, reference_scores: dict[str, tuple[float, float
                env_steps=float(record.env_steps), wall_seconds=record.wall_seconds,
                edit=record.edit.model_dump() if record.edit else None,
                portability={name: v.mean_return for name, v in (record.portability or {}).items()
-                            if v.mean_return is not None})
+                            if v.mean_return is not None},
+               phases=record.phases)
 
 
 def _scale(env: str, reference: tuple[float, float] | None) -> Callable[[float], float]:
