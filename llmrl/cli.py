@@ -136,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draw only items of these origins (run, counterfactual, observation)")
     _add_model_options(ed)
     ed.add_argument("--json", action="store_true")
+    br = bsub.add_parser("run", help="one editing-loop run: seconds per phase, efficiency, and the time to a "
+                         "return threshold against PPO's")
+    br.add_argument("config", type=Path, help="a run config, as for `llmrl run`")
+    br.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    br.add_argument("--threshold", type=float, help="the return to reach (default: the environment's "
+                    "reward_threshold, e.g. 475 on CartPole-v1)")
+    br.add_argument("--no-ppo", action="store_false", dest="ppo", help="do not train PPO to the threshold")
+    br.add_argument("--ppo-steps", type=int, dest="ppo_steps",
+                    help="cap on PPO's training steps (default: the card's RL Zoo budget)")
+    br.add_argument("--json", action="store_true")
     return parser
 
 
@@ -377,6 +387,8 @@ def cmd_envs(args: argparse.Namespace) -> list:
 def cmd_bench(args: argparse.Namespace) -> dict:
     if args.bench == "edits":
         return _bench_edits(args)
+    if args.bench == "run":
+        return _bench_run(args)
     from llmrl.bench import throughput
 
     result = throughput(args.env, steps=args.steps, naive_steps=args.naive_steps, n_envs=args.n_envs,
@@ -409,6 +421,20 @@ def _bench_edits(args: argparse.Namespace) -> dict:
         for erase in result["erase"]:
             print(f"  erase {erase['erased']:<17}: restored {_shown(erase['restored'])}, items left "
                   f"{_shown(erase['kept'])} (before: {_shown(erase['kept_before'])})")
+    return result
+
+
+def _bench_run(args: argparse.Namespace) -> dict:
+    from llmrl.config import LoopConfig, apply_overrides, build, load_yaml
+    from llmrl.speed import bench_run, describe_bench
+
+    if args.ppo_steps is not None and args.ppo_steps < 1:
+        raise UsageError(f"--ppo-steps must be >= 1, got {args.ppo_steps}")
+    cfg = build(LoopConfig, apply_overrides(load_yaml(args.config), args.set), source=str(args.config),
+                overrides=args.set)
+    result = bench_run(cfg, args.threshold, ppo=args.ppo, ppo_steps=args.ppo_steps, progress=sys.stderr.isatty())
+    if not args.json:
+        print("\n".join(describe_bench(result)))
     return result
 
 

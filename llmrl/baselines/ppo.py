@@ -266,13 +266,15 @@ class _Evaluations(BaseCallback):
 
     Evaluation plays its own environments, greedily or with the policy's own
     generator, so it neither spends training steps nor changes the run. The
-    points go to TensorBoard too.
+    points go to TensorBoard too, each with the seconds since ``start``. With
+    ``stop_at``, training stops at the first point whose mean return reaches it.
     """
 
     def __init__(self, env: str, card: Card, variant: str | None, observation: str | None, seed: int,
                  every: int | None, total: int, episodes: int, max_steps: int | None, also_at: int | None,
-                 sample: bool = False):
+                 sample: bool = False, start: float = 0.0, stop_at: float | None = None):
         super().__init__()
+        self.start, self.stop_at, self.stopped = start, stop_at, False
         self.env, self.card, self.variant, self.observation, self.seed = env, card, variant, observation, seed
         self.sample = sample
         self.every, self.total, self.episodes, self.max_steps = every, total, episodes, max_steps
@@ -291,7 +293,8 @@ class _Evaluations(BaseCallback):
                              variant=self.variant, progress=False)
         summary = result.summary()
         point = {"env_steps": self.num_timesteps, "mean_return": summary["mean_return"],
-                 "std_return": summary["std_return"], "returns": summary["returns"]}
+                 "std_return": summary["std_return"], "returns": summary["returns"],
+                 "seconds": time.perf_counter() - self.start}
         self.curve.append(point)
         self.logger.record("eval/mean_return", point["mean_return"])
         self.logger.record("eval/std_return", point["std_return"])
@@ -310,22 +313,28 @@ class _Evaluations(BaseCallback):
                 self.next += self.every
             if extra:
                 self.also_at = None
+            if self.stop_at is not None and self.curve[-1]["mean_return"] >= self.stop_at:
+                self.stopped = True
+                return False  # SB3 ends training here
         return True
 
     def _on_training_end(self) -> None:
-        self.evaluate()
+        if not self.stopped:  # a stopped run's last point is of this very policy
+            self.evaluate()
 
 
 def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = None, eval_episodes: int = 20,
               eval_max_steps: int | None = None, out: Path | None = None, hyperparameters: dict | None = None,
               device: str = "cpu", progress: bool = False, observation: str | None = None,
-              eval_also_at: int | None = None) -> PPOResult:
+              eval_also_at: int | None = None, stop_at: float | None = None) -> PPOResult:
     """Train PPO on ``env``'s card for ``total_steps`` environment steps and evaluate it along the way.
 
     ``observation`` picks another of the card's observations ("pixels"), with
     its own hyper-parameters; ``eval_also_at`` adds an evaluation point (the
     editing loop's budget, when PPO trains longer).
     ``hyperparameters`` override the card's file (:func:`load_hyperparameters`).
+    With ``stop_at``, training ends at the first evaluation whose mean return
+    reaches it (``llmrl bench run`` times how long that takes).
     Evaluation episode i is reset with seed ``eval_seed(seed) + i``, as
     in the editing loop, far from the training seeds ``seed .. seed + n_envs - 1``.
     With ``out``, it writes TensorBoard logs, ``ppo.zip``, ``policy.safetensors``
@@ -360,7 +369,7 @@ def train_ppo(env: str, seed: int, total_steps: int, eval_every: int | None = No
     if out is None:  # SB3 would otherwise make an empty folder in the temp dir for its logger
         model.set_logger(Logger(None, []))
     evaluations = _Evaluations(env, card, variant, observation, eval_seed(seed), eval_every, total_steps,
-                               eval_episodes, eval_max_steps, eval_also_at, hp.sample_actions)
+                               eval_episodes, eval_max_steps, eval_also_at, hp.sample_actions, t0, stop_at)
     try:
         model.learn(total_steps, callback=evaluations, progress_bar=progress)
     finally:
