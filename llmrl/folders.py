@@ -85,3 +85,17 @@ def exclusive(folder: Path, writer: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def one_builder(folder: Path) -> Iterator[None]:
+    """Wait for ``folder/.build.lock``, then hold it while the body runs: of the processes that find a cache
+    entry missing at once, one builds it and the others, once it is done, read it instead of building it
+    again (the body checks again what is missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -365,6 +367,33 @@ def test_statistics_are_cached_and_reused(trained_models, tiny, stats_cache, mon
     monkeypatch.setattr(injector, "sample_corpus", sample)
     other = WeightsInjector(**TINY).inject(signal_policy(new_model(tiny, "llama", seed=1)), items)
     assert other.info["stats_dir"] != first.info["stats_dir"] and other.info["stats_cached"] is False
+
+
+def test_workers_starting_together_count_the_statistics_once(trained_models, monkeypatch):
+    """Two processes that miss the cache at once: one samples and counts, the other waits and reads."""
+    sampled, sample = [], injector.sample_corpus
+
+    def slow_sample(*args, **kwargs):
+        sampled.append(1)
+        time.sleep(0.5)  # the other worker arrives while this one holds the build lock
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(injector, "sample_corpus", slow_sample)
+    items = signal_items({RED: "go"})
+    results: dict[int, tuple] = {}
+
+    def worker(n: int) -> None:
+        policy = signal_policy(trained_copy(trained_models, "llama"))  # one copy each, the same weights
+        layout = find_layout(policy.lm.model)
+        results[n] = WeightsInjector(**TINY).statistics(policy, layout, [0], items)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sampled) == 1 and sorted(info["stats_cached"] for _, info in results.values()) == [False, True]
+    torch.testing.assert_close(results[0][0][0], results[1][0][0], atol=0, rtol=0)
 
 
 def test_second_moments_match_a_direct_computation(tiny):

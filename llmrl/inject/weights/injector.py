@@ -13,6 +13,7 @@ import torch
 
 from llmrl.engine import Engine
 from llmrl.errors import UsageError
+from llmrl.folders import one_builder
 from llmrl.inject import Edit
 from llmrl.inject.weights.finetune import finetune
 from llmrl.inject.weights.forwards import (Rows, answer_logp, block_output, cache_rows, frozen, mean_per_item,
@@ -244,25 +245,36 @@ class WeightsInjector:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.corpus, corpus_path)
         paths = {layer: folder / f"layer-{layer:03d}.safetensors" for layer in layers}
-        moments = {layer: read_tensors(p)["mom2"] for layer, p in paths.items() if p.exists()}
-        missing = [layer for layer in layers if layer not in moments]
-        if missing:
-            with frozen(policy.lm.model):
-                if corpus_path.exists():
-                    corpus = Corpus.load(corpus_path)
-                else:
-                    sampled = sample_corpus(policy.lm, self.stats_tokens, self.stats_seed)
-                    corpus = self._env_corpus(policy, items) + Corpus(sampled, [[] for _ in sampled])
-                    corpus.save(corpus_path)
-                engine = Engine(policy.lm.model, policy.lm.tokenizer.pad_token_id)
-                fresh, count = second_moments(engine, layout, missing, corpus)
-            for layer, mom2 in fresh.items():
-                write_tensors(paths[layer], {"mom2": mom2}, {"tokens": str(count)})
-            moments.update(fresh)
+        cached = True
+        if not all(p.exists() for p in paths.values()):
+            # workers of one grid that start together: one samples the corpus and counts, the others wait
+            with one_builder(folder):
+                cached = not self._count_missing(policy, layout, items, corpus_path, paths)
+        moments = {layer: read_tensors(p)["mom2"] for layer, p in paths.items()}
         if self.save_dir is not None and corpus_path.exists():
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(corpus_path, Path(self.save_dir) / "corpus.safetensors")
-        return moments, {"stats_cached": not missing, "stats_dir": str(folder)}
+        return moments, {"stats_cached": cached, "stats_dir": str(folder)}
+
+    def _count_missing(self, policy: LLMPolicy, layout: Layout, items: list[KnowledgeItem], corpus_path: Path,
+                       paths: dict[int, Path]) -> bool:
+        """Write the statistics of the layers in ``paths`` not cached yet, from the cached corpus or a new one;
+        whether there were any."""
+        missing = [layer for layer, p in paths.items() if not p.exists()]
+        if not missing:
+            return False
+        with frozen(policy.lm.model):
+            if corpus_path.exists():
+                corpus = Corpus.load(corpus_path)
+            else:
+                sampled = sample_corpus(policy.lm, self.stats_tokens, self.stats_seed)
+                corpus = self._env_corpus(policy, items) + Corpus(sampled, [[] for _ in sampled])
+                corpus.save(corpus_path)
+            engine = Engine(policy.lm.model, policy.lm.tokenizer.pad_token_id)
+            fresh, count = second_moments(engine, layout, missing, corpus)
+        for layer, mom2 in fresh.items():
+            write_tensors(paths[layer], {"mom2": mom2}, {"tokens": str(count)})
+        return True
 
     def _env_corpus(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Corpus:
         """Decision prompts of the items' examples (subject positions skipped) plus ``corpus_texts``."""
