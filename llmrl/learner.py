@@ -151,6 +151,12 @@ class Learner:
         """The latest edit in force."""
         return self.edits[-1][1] if self.edits else None
 
+    @property
+    def model_edited(self) -> bool:
+        """Whether an edit in force changed a parameter: without one (context edits only change prompts, and
+        undoing is exact) the model is the untouched one, whose locality needs no measuring."""
+        return any(e.params_touched for _, e in self.edits)
+
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> Lesson:
         cfg = self.cfg
         assert cfg is not None, "a learner made without a LoopConfig only edits (apply, rebuild, undo_to)"

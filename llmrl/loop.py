@@ -122,7 +122,7 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
                     changes, touched = lesson.changes, lesson.edited
                 if probe and touched:  # otherwise the model is the one last measured, and so is its locality
                     with clock.phase("locality"):
-                        locality = probe.measure()
+                        locality = probe.measure() if learner.model_edited else probe.unchanged()
                 row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes, locality,
                                 clock)
                 if it == cfg.iterations and cfg.portability:

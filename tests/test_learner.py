@@ -60,6 +60,7 @@ def test_sequential_edits_stack_and_an_erased_item_is_taken_out(setup, strategy)
     ln.apply("CartPole-v1", changes(insert=[b]))
     assert [e.items for _, e in ln.edits] == [[a], [b]]  # the second edit carries only the new item
     assert not torch.equal(policy.scores(probe), untouched)
+    assert ln.model_edited == (strategy != "context")  # context edits change prompts, never a parameter
 
     # a modified item is edited on top of the one it replaces
     c = item(texts, RIGHT, "right")
@@ -76,6 +77,7 @@ def test_sequential_edits_stack_and_an_erased_item_is_taken_out(setup, strategy)
     ln.undo_to(0)
     assert fingerprint(lm.model) == start
     torch.testing.assert_close(policy.scores(probe), untouched, atol=0, rtol=0)
+    assert not ln.model_edited
     # what is left is exactly c injected alone into the untouched model
     fresh = INJECTORS[strategy]().inject(policy, [c])
     torch.testing.assert_close(policy.scores(probe), only_c, atol=0, rtol=0)

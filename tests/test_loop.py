@@ -50,6 +50,16 @@ def test_run_writes_rows_items_and_tensorboard(tmp_path, capsys):
     assert len((tmp_path / "out" / "iterations.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_context_run_takes_its_locality_without_measuring_it(tmp_path, monkeypatch):
+    """No context edit changes a parameter, so the model is the one the probe was built on (KL 0 exactly)."""
+    from llmrl.loop import run
+    from llmrl.metrics import LocalityProbe
+
+    monkeypatch.setattr(LocalityProbe, "measure", lambda self: pytest.fail("measured a model no edit changed"))
+    summary = run(LoopConfig(**{**BASE, "steps_per_iteration": 200, "out": tmp_path / "out"}), progress=False)
+    assert summary.edit.items > 0 and summary.edit.locality_kl == 0.0 and summary.edit.locality_top1 == 1.0
+
+
 def test_overrides_reach_into_mappings():
     values = apply_overrides({"strategy_options": {"k": 1}}, ["strategy_options.demos=2", "seed=3", "env=Taxi-v4"])
     assert values == {"strategy_options": {"k": 1, "demos": 2}, "seed": 3, "env": "Taxi-v4"}

@@ -90,7 +90,7 @@ class EditingAgent:
                                 "steps_to_revise": sorted(self.revised.values())}
         if self.probe:
             with self.clock.phase("locality"):
-                info.update(self.probe.measure())
+                info.update(self.probe.measure() if self.learner.model_edited else self.probe.unchanged())
         return info
 
     def joint(self) -> bool | None:
