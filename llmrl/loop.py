@@ -102,7 +102,9 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
         lm = load_model(cfg.model, cfg.device, cfg.dtype)
         atomic_write(out / "runtime.json", json.dumps(lm.runtime, indent=2))
         policy = base_policy(cfg, card, lm)
-        probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts) if cfg.locality else None
+        probe = LocalityProbe.for_card(lm, card, cfg.locality_prompts,
+                                       measured=injector is not None and injector.edits_parameters) \
+            if cfg.locality else None
         locality = probe.unchanged() if probe else None  # iteration 0: the model the probe was built on
     kb = KnowledgeBase(Extraction(**{f.name: getattr(cfg, f.name) for f in fields(Extraction)}))
     writer = SummaryWriter(str(out / "tensorboard"))

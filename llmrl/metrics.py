@@ -90,18 +90,23 @@ def environment_prompts(tokenizer, exclude: str, per_card: int = 2, seed: int = 
 
 
 class LocalityProbe:
-    """Next-token distributions of unrelated prompts, taken once from the untouched model."""
+    """Next-token distributions of unrelated prompts, taken once from the untouched model.
 
-    def __init__(self, lm: LoadedModel, prompts: list[str], batch_size: int = 32):
+    With ``measured=False`` (edits that never change a parameter: context) no distribution is taken, and only
+    :meth:`unchanged` may be asked for.
+    """
+
+    def __init__(self, lm: LoadedModel, prompts: list[str], batch_size: int = 32, measured: bool = True):
         self.lm, self.prompts, self.batch_size = lm, prompts, batch_size
-        self.before = self._logprobs()
+        self.before = self._logprobs() if measured else None
 
     @classmethod
-    def for_card(cls, lm: LoadedModel, card: Card, limit: int | None = None) -> "LocalityProbe":
+    def for_card(cls, lm: LoadedModel, card: Card, limit: int | None = None, measured: bool = True
+                 ) -> "LocalityProbe":
         """The shipped held-out prompts plus the other cards' prompts; ``limit`` keeps that many, spread
         evenly over both (a cheaper, coarser probe for quick runs)."""
         prompts = locality_prompts("eval") + environment_prompts(lm.tokenizer, card.env_id)
-        return cls(lm, spread(prompts, limit) if limit else prompts)
+        return cls(lm, spread(prompts, limit) if limit else prompts, measured=measured)
 
     def unchanged(self) -> dict[str, float]:
         """The measurement of the model the probe was built on, which is exact without a forward."""
@@ -125,6 +130,8 @@ class LocalityProbe:
 
     def measure(self) -> dict[str, float]:
         """Mean KL(before || after) in nats and top-1 agreement, on the model as it is now."""
+        if self.before is None:
+            raise RuntimeError("this locality probe was built without measuring (measured=False)")
         after = self._logprobs()
         kl = (self.before.exp() * (self.before - after)).sum(-1)
         top1 = (self.before.argmax(-1) == after.argmax(-1)).float()

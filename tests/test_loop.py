@@ -51,11 +51,12 @@ def test_run_writes_rows_items_and_tensorboard(tmp_path, capsys):
 
 
 def test_a_context_run_takes_its_locality_without_measuring_it(tmp_path, monkeypatch):
-    """No context edit changes a parameter, so the model is the one the probe was built on (KL 0 exactly)."""
+    """No context edit changes a parameter, so the model is the untouched one (KL 0 exactly)."""
     from llmrl.loop import run
     from llmrl.metrics import LocalityProbe
 
-    monkeypatch.setattr(LocalityProbe, "measure", lambda self: pytest.fail("measured a model no edit changed"))
+    # neither the untouched model's distributions nor the edited one's are taken
+    monkeypatch.setattr(LocalityProbe, "_logprobs", lambda self: pytest.fail("ran the probe for context edits"))
     summary = run(LoopConfig(**{**BASE, "steps_per_iteration": 200, "out": tmp_path / "out"}), progress=False)
     assert summary.edit.items > 0 and summary.edit.locality_kl == 0.0 and summary.edit.locality_top1 == 1.0
 

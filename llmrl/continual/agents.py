@@ -50,7 +50,9 @@ class EditingAgent:
             if card.key not in self.tasks:
                 extraction = Extraction(**{f.name: getattr(stage, f.name) for f in fields(Extraction)})
                 self.tasks[card.key] = (base_policy(stage, card, self.lm), KnowledgeBase(extraction))
-        self.probe = LocalityProbe.for_card(self.lm, cards[0], first.locality_prompts) if first.locality else None
+        self.probe = LocalityProbe.for_card(self.lm, cards[0], first.locality_prompts,
+                                            measured=injector is not None and injector.edits_parameters) \
+            if first.locality else None
         self.clock = clock or PhaseClock(STREAM_PHASES)
         self.learner = Learner(self.tasks, injector, first, accumulate, self.clock)
         self.model, self.runtime = self.lm.name, self.lm.runtime

@@ -41,6 +41,9 @@ class Injector(Protocol):
     """A knowledge-injection strategy."""
 
     name: str
+    #: Whether an edit can change the model's parameters (adapter, weights) or only a policy's prompt (context):
+    #: without, the locality probe has nothing to measure.
+    edits_parameters: bool
 
     def inject(self, policy: LLMPolicy, items: list[KnowledgeItem]) -> Edit:
         """Apply ``items`` to ``policy`` (invalidating its caches) and return the edit."""

@@ -134,6 +134,7 @@ class ContextInjector:
     (``rules: false``: the retrieved cases alone)."""
 
     name = "context"
+    edits_parameters = False
 
     def __init__(self, demos: int = 1, k: int = 0, max_tokens: int = 1024, embed_layer: float = 0.5,
                  rules: bool = True, fill: bool = False):

@@ -165,6 +165,7 @@ class AdapterInjector:
     """
 
     name = "adapter"
+    edits_parameters = True
 
     def __init__(self, kind: str = "lora", tokens: int = 8, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] | None = None, layers: list[int] | None = None,

@@ -96,6 +96,7 @@ class WeightsInjector:
     """
 
     name: ClassVar[str] = "weights"
+    edits_parameters: ClassVar[bool] = True
 
     method: str = "memit"
     layers: Sequence[int | float] | None = None
