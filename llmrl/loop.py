@@ -5,7 +5,8 @@ untouched policy; each later iteration spends ``steps_per_iteration``
 environment steps of exploratory play, folds them into the knowledge base,
 undoes the previous edit and injects all items now in force, then evaluates
 the policy (return on fixed evaluation seeds) and the edit (reliability,
-generalization, locality, cost). Every iteration is one JSON line in
+generalization, locality, cost). An iteration whose feedback changed no item
+leaves the policy as it was, so its row carries the last evaluation over. Every iteration is one JSON line in
 ``iterations.jsonl`` and a set of TensorBoard scalars, with the seconds
 each phase of it took (:mod:`llmrl.phases`).
 """
@@ -125,8 +126,12 @@ def _iterate(cfg: LoopConfig, card: Card, variant: str | None, injector: Injecto
                 if probe and touched:  # otherwise the model is the one last measured, and so is its locality
                     with clock.phase("locality"):
                         locality = probe.measure() if learner.model_edited else probe.unchanged()
-                row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes, locality,
-                                clock)
+                if it > 0 and not any(changes.values()):
+                    # same items, same policy: its greedy play of the same evaluation seeds is the last row's
+                    row = _carried(rows[-1], it, env_steps)
+                else:
+                    row = _evaluate(cfg, card, variant, policy, kb, learner.edit, it, env_steps, changes,
+                                    locality, clock)
                 if it == cfg.iterations and cfg.portability:
                     with clock.phase("portability"):
                         row["portability"] = portability(policy, card, variant, cfg.eval_episodes,
@@ -234,9 +239,18 @@ def _evaluate(cfg: LoopConfig, card: Card, variant: str | None, policy: LLMPolic
         "edit_seconds": edit.seconds if edit else 0.0, "params_touched": edit.params_touched if edit else 0,
         "edit_info": _jsonable(edit.info) if edit else {},
         "decisions_per_s": summary["decisions_per_s"], "cache_hit_rate": summary["cache_hit_rate"],
+        "carried": False,
     }
     row.update(locality or {"locality_kl": None, "locality_top1": None})
     return row
+
+
+def _carried(last: dict, it: int, env_steps: int) -> dict:
+    """The row of an iteration whose feedback changed no item: the policy is the one the last row evaluated,
+    so its evaluation and edit metrics stand (marked ``carried``; no decisions were timed)."""
+    kept = {k: v for k, v in last.items() if k not in ("wall_seconds", "phases", "portability")}
+    return {**kept, "iteration": it, "env_steps": env_steps, "inserted": 0, "modified": 0, "retained": 0,
+            "erased": 0, "decisions_per_s": None, "cache_hit_rate": None, "carried": True}
 
 
 def _jsonable(info: dict) -> dict:

@@ -35,11 +35,17 @@ def test_a_stream_end_to_end(tmp_path, capsys, monkeypatch):
 
     played, real = [], stream_mod.evaluate
     monkeypatch.setattr(stream_mod, "evaluate", lambda *a, **k: played.append(a[1].key) or real(*a, **k))
-    assert main(["continual", str(stream_file(tmp_path)), "--json"]) == 0
-    # random play and the table on each of the 3 stages, the untouched model on the 2 distinct tasks, the
-    # 4 curve points, and per row only the task the stage did not just play at its last curve point
-    assert len(played) == 3 + 3 + 2 + 4 + 3
+    # z 0.1: the tiny model's feedback gives items in some iterations and none in others
+    assert main(["continual", str(stream_file(tmp_path, loop={**STREAM["loop"], "z": 0.1})), "--json"]) == 0
     got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
+    # random play and the table on each of the 3 stages, the untouched model on the 2 distinct tasks; then
+    # the curve points after an edit (one that edited nothing carries the last point over), and per stage
+    # that edited, only the other task (the stage just played its own at its last curve point)
+    scored = [not p["carried"] for line in lines[1:] for p in line["curve"][1:]]
+    edited = [any(not p["carried"] for p in line["curve"][1:]) for line in lines[1:]]
+    assert 0 < sum(scored) < 4, "the stream should both edit and skip: check the tiny model's items"
+    assert len(played) == 3 + 3 + 2 + sum(scored) + sum(edited)
     assert got["stages"] == ["CartPole-v1", "CartPole-v1:mirrored", "CartPole-v1"]
     raw = got["raw_matrix"]
     assert len(raw) == 4 and all(len(row) == 3 for row in raw)  # untouched + one row per stage
@@ -55,7 +61,6 @@ def test_a_stream_end_to_end(tmp_path, capsys, monkeypatch):
     # rebuild: the edit in force is every final item at once, so the joint upper bound is the final row
     assert got["joint_returns"] == raw[-1] and got["acc_joint"] == got["acc"]
     out = tmp_path / "out"
-    lines = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
     assert [line["stage"] for line in lines] == [0, 1, 2, 3] and [line["row"] for line in lines] == raw
     first = lines[1]
     assert [p["env_steps"] for p in first["curve"]] == [0, 48, 96] and first["curve"][0]["mean_return"] == raw[0][0]
@@ -97,10 +102,13 @@ OPTIONS = {"weights": {"steps": 2, "stats_tokens": 128, "stats_prompts": 4}, "ad
                                                      ("adapter routed", "sequential"), ("context", "sequential")])
 def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_path, capsys, monkeypatch, variant,
                                                                          accumulate):
+    import llmrl.continual.stream as stream_mod
     from llmrl.learner import Learner
 
     rebuilds, real = [], Learner.rebuild
     monkeypatch.setattr(Learner, "rebuild", lambda self: rebuilds.append(self.accumulate) or real(self))
+    played, evaluate = [], stream_mod.evaluate
+    monkeypatch.setattr(stream_mod, "evaluate", lambda *a, **k: played.append(a[1].key) or evaluate(*a, **k))
     path = stream_file(tmp_path, stages=ACROSS, strategy=variant.split()[0], accumulate=accumulate, target={},
                        strategy_options=OPTIONS[variant], loop={**STREAM["loop"], "z": 0.1})
     assert main(["continual", str(path), "--json"]) == 0
@@ -111,6 +119,12 @@ def test_a_stream_across_cards_edits_one_model_through_a_policy_per_card(tmp_pat
     assert {i["card"] for i in items} == {"CartPole-v1", "LunarLander-v3"}  # each card's knowledge, kept apart
     lines = [json.loads(line) for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
     assert lines[2]["items_held"] == len(items) > lines[2]["items"]  # the second card's, and the first's
+    # Beyond random play, the table, row 0 and its own stage's curve, CartPole is scored after LunarLander's
+    # edits only where they reach its policy (shared parameters), and for the joint row of stacked edits
+    own = sum(not p["carried"] for p in lines[1]["curve"][1:])
+    lunar_edited = any(not p["carried"] for p in lines[2]["curve"][1:])
+    shared = variant.split()[0] in ("weights", "adapter")  # routed adapters too: their layers are attached
+    assert played.count("CartPole-v1") - 3 - own == (shared and lunar_edited) + (accumulate == "sequential")
     if accumulate == "rebuild":  # every change was a rebuild: the final row is the joint upper bound
         assert got["joint_returns"] == got["raw_matrix"][-1]
     else:  # the stacked edits are undone and every final item injected at once, once, for the joint row

@@ -61,6 +61,30 @@ def test_a_context_run_takes_its_locality_without_measuring_it(tmp_path, monkeyp
     assert summary.edit.items > 0 and summary.edit.locality_kl == 0.0 and summary.edit.locality_top1 == 1.0
 
 
+def test_an_iteration_that_changes_no_item_carries_the_last_evaluation_over(tmp_path, monkeypatch):
+    import llmrl.loop as loop
+    from llmrl.learner import Learner, Lesson
+
+    real, played = Learner.learn, []
+    quiet = {"insert": [], "modify": [], "retain": [], "erase": []}
+
+    def learn(self, card, variant, it, steps):  # iteration 2's feedback changes nothing
+        return real(self, card, variant, it, steps) if it != 2 else Lesson([], steps, quiet, False)
+
+    monkeypatch.setattr(Learner, "learn", learn)
+    evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: played.append(1) or evaluate(*a, **k))
+    summary = loop.run(LoopConfig(**{**BASE, "iterations": 3, "steps_per_iteration": 200, "out": tmp_path / "o"}),
+                       progress=False)
+    rows = summary.rows
+    assert len(played) == 3  # iterations 0, 1 and 3; iteration 2 played nothing
+    assert [r["carried"] for r in rows] == [False, False, True, False]
+    same = ("eval_returns", "eval_mean_return", "reliability", "generalization", "locality_kl", "items")
+    assert all(rows[2][k] == rows[1][k] for k in same)
+    assert rows[2]["env_steps"] == 400 and rows[2]["inserted"] == rows[2]["modified"] == 0
+    assert rows[2]["decisions_per_s"] is None and rows[2]["phases"]["evaluate"] == 0
+
+
 def test_overrides_reach_into_mappings():
     values = apply_overrides({"strategy_options": {"k": 1}}, ["strategy_options.demos=2", "seed=3", "env=Taxi-v4"])
     assert values == {"strategy_options": {"k": 1, "demos": 2}, "seed": 3, "env": "Taxi-v4"}

@@ -58,6 +58,11 @@ class EditingAgent:
         self.model, self.runtime = self.lm.name, self.lm.runtime
         self.changes = dict.fromkeys(KINDS, 0)
         self.card = cards[0]
+        #: Whether the last ``learn`` changed a policy (an edit was made); if not, every score stands.
+        self.changed = False
+        #: Whether an edit through one card's policy can change another card's: parameters are shared, prompts
+        #: are each card's own.
+        self.reaches_every_card = injector is not None and injector.edits_parameters
 
     def policy_for(self, card: Card) -> Policy:
         return self.tasks[card.key][0]
@@ -73,6 +78,7 @@ class EditingAgent:
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         lesson = self.learner.learn(card, variant, it, steps)
+        self.changed = lesson.edited
         self.steps += lesson.env_steps
         for kind, items in lesson.changes.items():
             self.changes[kind] += len(items)
@@ -141,6 +147,8 @@ class PPOAgent:
         self.vecs: dict[str, Any] = {}
         self.model, self.runtime, self.replayed = "ppo", None, 0
         self.card: Card | None = None
+        self.changed = False
+        self.reaches_every_card = False  # each card trains a learner of its own
 
     def _environments(self, card: Card, variant: str | None) -> Any:
         from stable_baselines3.common.env_util import make_vec_env
@@ -184,6 +192,7 @@ class PPOAgent:
 
     def learn(self, card: Card, variant: str | None, it: int, steps: int) -> int:
         ppo = self.learners[card.key]
+        self.changed = True  # training always moves the network
         before = ppo.num_timesteps
         with self.clock.phase("train"):
             ppo.learn(steps, reset_num_timesteps=False)

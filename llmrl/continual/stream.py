@@ -252,24 +252,33 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
             if k > 1:
                 agent.begin(card, variant, cfg.reset_feedback)
             target = cfg.target.get(stage.env)
-            curve = [(0, raw[-1][k - 1])]
-            stage_steps = 0
+            curve = [(0, raw[-1][k - 1], False)]
+            stage_steps, changed = 0, False
             for _ in range(stage.iterations):
                 bar.update(1)
                 it += 1
                 stage_steps += agent.learn(card, variant, it, stage.steps_per_iteration)
-                curve.append((stage_steps, score(agent.policy_for(card), stage.env)))
+                changed |= agent.changed
+                # no edit: the policy is the one the last point scored, on the same seeds
+                curve.append((stage_steps, score(agent.policy_for(card), stage.env), False) if agent.changed
+                             else (stage_steps, curve[-1][1], True))
                 writer.add_scalar("stage_return", curve[-1][1], env_steps + stage_steps)
             env_steps += stage_steps
-            reached = next((s for s, r in curve if target is not None and r >= target), None)
+            reached = next((s for s, r, _ in curve if target is not None and r >= target), None)
             steps_to_target.append(reached)
-            raw.append(row({stage.env: curve[-1][1]}))  # the curve's last point played this stage already
+            # the curve's last point played this stage already; a stage that edited nothing left every policy as
+            # it was, and one whose edits stay on its card's policy left the other cards' policies
+            known = {stage.env: curve[-1][1]}
+            if not agent.reaches_every_card:
+                known |= {e: raw[-1][j] for j, (e, (c, _)) in enumerate(zip(envs, tasks)) if c.key != card.key}
+            raw.append(row(known) if changed else list(raw[-1]))
             info = agent.stage_info()
             for kind in totals:
                 totals[kind] += info.get(f"items_{kind}", 0)
             _log(out, writer, timed({"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
                                      "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
-                                     "curve": [{"env_steps": s, "mean_return": r} for s, r in curve], **info}),
+                                     "curve": [{"env_steps": s, "mean_return": r, "carried": c}
+                                               for s, r, c in curve], **info}),
                  on_stage)
         with clock.phase("joint"):
             joint = agent.joint() if isinstance(agent, EditingAgent) else None
