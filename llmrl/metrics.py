@@ -50,12 +50,8 @@ def generalization(policy: LLMPolicy, items: list[KnowledgeItem], fresh: dict[st
     seen = {t for i in items for t in i.examples}
     new = [(t, i.action) for i in items for t in fresh.get(i.situation, []) if t not in seen]
     parts = [agreement(policy, new)]
-    original = policy.prompt
-    policy.set_prompt(replace(original, style="reworded"))
-    try:
+    with policy.using_prompt(replace(policy.prompt, style="reworded")):
         parts.append(reliability(policy, items))
-    finally:
-        policy.set_prompt(original)
     parts = [p for p in parts if p is not None]
     return sum(parts) / len(parts) if parts else None
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from llmrl.engine import Batch, Engine
@@ -152,6 +153,19 @@ class LLMPolicy(Policy):
         self._cue_ids = tok(_COT_CUE, add_special_tokens=False).input_ids
         self._prefix_cache: Batch | None = None
         self._decisions: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @contextmanager
+    def using_prompt(self, prompt: Prompt) -> Iterator[LLMPolicy]:
+        """Act through ``prompt`` for the body, then return to the prompt before with its caches as they were
+        (the model must not change meanwhile): a detour, such as scoring under a reworded prompt, costs the
+        policy's own prompt nothing."""
+        original, prefix, decisions = self.prompt, self._prefix_cache, self._decisions
+        self.set_prompt(prompt)
+        try:
+            yield self
+        finally:
+            self.set_prompt(original)
+            self._prefix_cache, self._decisions = prefix, decisions
 
     def reseed(self, seed: int) -> None:
         """Sampling (``temperature`` > 0) restarts from ``seed``; greedy picks draw nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -22,8 +23,13 @@ class TablePolicy:
         self.action_words, self.tables = WORDS, {"default": default, "reworded": reworded}
         self.prompt = Prompt("Balance the pole.", WORDS)
 
-    def set_prompt(self, prompt: Prompt) -> None:
-        self.prompt = prompt
+    @contextlib.contextmanager
+    def using_prompt(self, prompt: Prompt):
+        original, self.prompt = self.prompt, prompt
+        try:
+            yield self
+        finally:
+            self.prompt = original
 
     def scores(self, texts: list[str]) -> torch.Tensor:
         table = self.tables[self.prompt.style]

@@ -65,6 +65,20 @@ def test_decision_cache_is_bounded_lru_and_cleared_by_new_prompt(tiny):
     assert not policy._decisions
 
 
+def test_a_prompt_detour_leaves_the_prompt_and_its_caches_as_they_were(tiny):
+    prompt = Prompt("Task.", WORDS)
+    policy = LLMPolicy(tiny, prompt)
+    first = policy.scores(TEXTS)
+    prefix = policy._prefix()
+    with policy.using_prompt(Prompt("Reworded task.", WORDS)) as detour:
+        other = detour.scores(TEXTS)
+        assert policy.prompt.instructions == "Reworded task." and policy.stats.cache_hits == 0
+    assert not torch.equal(other, first)  # the detour scored under its own prompt
+    assert policy.prompt == prompt and policy._prefix() is prefix
+    torch.testing.assert_close(policy.scores(TEXTS), first, atol=0, rtol=0)
+    assert policy.stats.cache_hits == 3  # the cache came back with the prompt
+
+
 def test_act_counts_hits_and_duplicates_in_one_batch(tiny):
     policy = LLMPolicy(tiny, Prompt("Task.", ["left", "right"]))
     actions = policy.act([TEXTS[0], TEXTS[0], TEXTS[1]])
