@@ -215,6 +215,13 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     assert [c.split("; ")[1] for c in row.strip("|").split("|")[2:]] == [f"{n}/2 at the end " for n in ended]
     assert "## Forgetting and transfer" in text and "matrix_context_rebuild.png" in text
     assert (tmp_path / "grid" / "matrix_context_sequential.png").exists()
+    # where the time goes, from the phases every record carries
+    timing = text.split("## Where a stream's time goes")[1]
+    rows = dict(re.findall(r"^\| ([a-z]+ \([a-z-]+\)) \| (\d+) \|", timing, re.M))
+    assert rows == {"context (rebuild)": "2", "context (sequential)": "2", "ppo (-)": "2"}
+    ppo_train = sum(r["phases"]["train"] for k, r in records.items() if "ppo" in k) / 2
+    assert re.search(rf"^\| ppo \(-\) \|.*\| {ppo_train:,.1f} \|", timing, re.M)  # PPO's training seconds
+    assert (tmp_path / "grid" / "phases.png").exists()
 
 
 def test_stream_grid_errors(tmp_path, capsys):

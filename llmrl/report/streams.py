@@ -5,7 +5,7 @@ matrices and metrics (:class:`~llmrl.continual.stream.StreamSummary`). Per
 (strategy, accumulation mode) the report gives the IQM over seeds, with a 95 %
 stratified-bootstrap interval, of ACC, BWT, FWT and forgetting; the
 environment steps each stage took to reach its target; the knowledge changes;
-and the mean matrix as a heatmap.
+the mean matrix as a heatmap; and, for runs that timed them, the seconds per phase.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import numpy as np
 from llmrl.continual.figure import plot_matrix
 from llmrl.continual.metrics import normalise, stream_metrics
 from llmrl.errors import UsageError
+from llmrl.phases import STREAM_PHASES
 from llmrl.record import RunRecord
+from llmrl.report.phases import NOTE, timing_blocks
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, count, num, slug
 from llmrl.report.runs import last_error_line
 from llmrl.report.stats import BOOTSTRAP_REPS, BOOTSTRAP_SEED, MIN_RUNS_FOR_IQM, iqm_ci
@@ -88,6 +90,15 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
                               plot_matrix(mean, stages, f"{strategy} ({accumulate}), mean of {len(runs)}",
                                           normalised)))
         blocks.append(figures[-1])
+    timed: dict[str, list[tuple[dict, float]]] = {}
+    for r in sorted(done, key=lambda r: (order(r.strategy), r.stream["accumulate"])):  # type: ignore[index]
+        if r.phases:
+            timed.setdefault(f"{r.strategy} ({r.stream['accumulate']})", []).append((r.phases, r.wall_seconds))
+    timing, timing_figures = timing_blocks(f"Per strategy and accumulation mode, over the runs that timed their "
+                                           f"phases ({NOTE}):", "the stream", "phases.png", timed, STREAM_PHASES)
+    if timing:
+        blocks += [Heading(2, "Where a stream's time goes"), *timing]
+        figures += timing_figures
     if failed:
         blocks += [Heading(2, "Failed runs (excluded)"),
                    Bullets([f"{r.run_id}: {last_error_line(r.error)}" for r in failed])]
