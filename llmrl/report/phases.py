@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
-from llmrl.phases import PHASES, STREAM_PHASES
+from llmrl.phases import PHASES, STREAM_PHASES, efficiency
 from llmrl.report.render import Block, Figure, Para, Table, slug
 from llmrl.report.runs import Run
 from llmrl.strategies import order
@@ -39,7 +39,7 @@ def timing_blocks(intro: str, title: str, name: str, groups: dict[str, list[tupl
     means = {label: {p: float(np.mean([t.get(p, 0.0) for t, _ in timed])) for p in used}
              for label, timed in groups.items()}
     rows = [[label, str(len(timed)), f"{np.mean([w for _, w in timed]):,.1f}",
-             f"{np.mean([(t['acting'] + t['env']) / w for t, w in timed]):.0%}",
+             f"{np.mean([efficiency(t, w) for t, w in timed]):.0%}",
              *(f"{means[label][p]:,.1f}" for p in used)] for label, timed in groups.items()]
     figure = Figure(f"{title}: mean seconds per phase", name, _bars(title, means, used))
     header = ["runs", "wall s", "efficiency", *(p.replace("_", " ") for p in used)]
