@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 from pydantic import Field, model_validator
 
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
+from llmrl.cores import claim, share
 from llmrl.errors import UsageError
 from llmrl.folders import exclusive, short_name, writable
 from llmrl.record import RunRecord, record_path, write_json, write_record
@@ -292,6 +292,7 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
     """Run one grid cell and return its record; never raises (a failure is a record too)."""
     import torch
 
+    claim()  # a worker computes: processes started later see it
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -471,7 +472,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
         except OSError as exc:
             raise UsageError(f"cannot write {results / 'experiment.json'}: {exc.strerror}") from None
         if backend == "local":
-            threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+            threads = cfg.threads or share(workers)
             records = run_local(todo, results, workers, threads)
         else:
             records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)

@@ -197,10 +197,12 @@ def _writable(path: Path) -> None:
 
 
 def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+    """Torch threads for this process: the count asked for, else its share of the cores (``llmrl.cores``)."""
+    import torch
 
-        torch.set_num_threads(threads)
+    from llmrl.cores import share
+
+    torch.set_num_threads(threads or share())
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -243,10 +245,12 @@ def cmd_eval(args: argparse.Namespace) -> dict:
                                     cfg.n_envs, cfg.max_steps, variant, progress=sys.stderr.isatty())
     if args.save_trajectories:
         save_trajectories(args.save_trajectories, trajectories, card.action_words)
-    summary = result.summary()
+    import torch
+
+    summary = {**result.summary(), "threads": torch.get_num_threads()}
     if not args.json:
         print(f"{summary['env']}  policy={summary['policy']}  model={summary['model']}  "
-              f"episodes={summary['episodes']}")
+              f"episodes={summary['episodes']}  threads={summary['threads']}")
         print(f"  return {summary['mean_return']:.2f} ± {summary['std_return']:.2f}  "
               f"length {summary['mean_length']:.1f}  {summary['decisions_per_s']:.1f} decisions/s  "
               f"cache hits {summary['cache_hit_rate']:.0%}  fallbacks {summary['fallback_rate']:.0%}")
@@ -260,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     values = apply_overrides(load_yaml(args.config), args.set)
     cfg = build(LoopConfig, values, source=str(args.config), overrides=args.set)
+    _set_threads(None)
 
     def show(row: dict) -> None:
         if not args.json:
@@ -282,6 +287,7 @@ def cmd_continual(args: argparse.Namespace) -> dict:
 
     values = apply_overrides(load_yaml(args.config), args.set)
     cfg = build(StreamConfig, values, source=str(args.config), overrides=args.set)
+    _set_threads(None)
 
     def show(line: dict) -> None:
         if not args.json:
@@ -385,6 +391,7 @@ def cmd_envs(args: argparse.Namespace) -> list:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
+    _set_threads(None)
     if args.bench == "edits":
         return _bench_edits(args)
     if args.bench == "run":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ import torch
 from llmrl.models import LoadedModel, load_model
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The suite's processes share cores among themselves only, not with whatever else runs here (llmrl.cores):
+# thread counts, and so bf16 training sums, are then the same as on a quiet machine.
+os.environ["LLMRL_CORES_DIR"] = tempfile.mkdtemp(prefix="llmrl-cores-tests-")
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +27,15 @@ def one_thread():
 
     Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
     """
-    threads = torch.get_num_threads()
+    threads, chosen = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and the CLI, called in-process, keeps it (llmrl.cores.share)
     yield
     torch.set_num_threads(threads)
+    if chosen is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = chosen
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,8 @@ def test_env_loop_overrides_and_bad_grids(tmp_path):
             expand(load_config(grid(tmp_path, **changes)))
 
 
-def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys):
+def test_runs_record_everything_and_a_rerun_skips_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the default: a lone driver's one worker takes every core
     path = grid(tmp_path)
     assert main(["ablate", str(path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
