@@ -472,7 +472,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
         except OSError as exc:
             raise UsageError(f"cannot write {results / 'experiment.json'}: {exc.strerror}") from None
         if backend == "local":
-            threads = cfg.threads or share(workers)
+            threads = cfg.threads or share(workers, register=False)
             records = run_local(todo, results, workers, threads)
         else:
             records = run_ray(todo, results, address, cfg.ray_cpus, cfg.ray_gpus, cfg.threads, cfg.ray_runtime_env)

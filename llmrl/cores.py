@@ -42,8 +42,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def claim() -> int:
-    """Register this process as computing (once per process) and return how many other llmrl processes are.
+def claim(register: bool = True) -> int:
+    """Register this process as computing (once per process; ``register=False``: only look) and return how many
+    other llmrl processes are.
 
     An unusable claims folder counts nobody: sharing is a courtesy, and no run fails for want of it.
     """
@@ -53,17 +54,18 @@ def claim() -> int:
     where = folder()
     try:
         where.mkdir(parents=True, exist_ok=True)
-        if _held is None or _held[0] != os.getpid():  # a forked child claims for itself
+        if register and (_held is None or _held[0] != os.getpid()):  # a forked child claims for itself
             _held = (os.getpid(), _locked(where / str(os.getpid())))
         return sum(_live(path) for path in where.iterdir() if path.name != str(os.getpid()))
     except OSError:
         return 0
 
 
-def share(workers: int = 1) -> int:
+def share(workers: int = 1, register: bool = True) -> int:
     """Torch threads for each of ``workers`` processes about to compute here: an even split of the cores among
-    them and the llmrl processes already computing, at least one. ``OMP_NUM_THREADS``, when set, stands."""
-    others = claim()
+    them and the llmrl processes already computing, at least one. ``OMP_NUM_THREADS``, when set, stands.
+    ``register=False`` is for a grid driver, whose workers register themselves."""
+    others = claim(register)
     chosen = os.environ.get("OMP_NUM_THREADS", "")
     if chosen.isdigit() and int(chosen) > 0:
         return int(chosen)

@@ -47,6 +47,16 @@ def test_a_killed_process_leaves_no_live_claim(claims):
     assert cores.claim() == 0
 
 
+def test_a_driver_only_looks(claims, monkeypatch):
+    monkeypatch.setattr(cores, "cores", lambda: 4)
+    other = _holder(claims)
+    try:
+        assert cores.share(workers=2, register=False) == 1
+        assert [p.name for p in claims.iterdir()] == [str(other.pid)]  # the driver left no claim of its own
+    finally:
+        other.communicate("\n")
+
+
 def test_share_splits_the_cores_among_the_processes(claims, monkeypatch):
     monkeypatch.setattr(cores, "cores", lambda: 8)
     assert cores.share() == 8
