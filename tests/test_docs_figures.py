@@ -14,6 +14,8 @@ A quoted table or line is introduced by a marker comment that names its source:
   columns: strategies) the first number of each cell is that run's final mean
   return in its record;
 - ``<!-- figures: lambda DIR -->``: the λ study's table against its JSONL outputs;
+- ``<!-- figures: bench DIR -->``: rows name a ``DIR/<row>.json`` saved from ``llmrl bench run --json``;
+  each cell is that output's field for its column, rounded as shown;
 - ``<!-- figures: none (why) -->``: figures with no committed source (single
   runs before a grid, benchmarks).
 
@@ -187,6 +189,9 @@ def test_marked_figures_match_their_source(doc, line, kind, spec):
     elif kind == "lambda":
         assert nxt, f"{where}: no table follows the marker"
         check_lambda_table(where, nxt[2], nxt[3], ROOT / spec)
+    elif kind == "bench":
+        assert nxt, f"{where}: no table follows the marker"
+        check_bench_table(where, nxt[2], nxt[3], ROOT / spec)
     else:
         raise AssertionError(f"{where}: unknown figures marker {kind!r}")
 
@@ -230,6 +235,36 @@ def check_record_table(where: str, header: list[str], rows: list[list[str]], run
             decimals = len(text.split(".")[1]) if "." in text else 0
             assert abs(float(text) - records[key]) <= 0.5 * 10 ** -decimals + 1e-9, \
                 f"{where}: {row[0]} / {strategy} shows {text}, the record says {records[key]}"
+
+
+#: ``llmrl bench run --json`` fields by the column headers a bench table may use (seconds unless a factor).
+BENCH_COLUMNS = {"wall (s)": ("wall_seconds", 1), "efficiency (%)": ("efficiency", 100),
+                 "to threshold (s)": ("seconds_to_threshold", 1),
+                 "PPO to threshold (s)": ("ppo_seconds_to_threshold", 1), "× PPO": ("ratio_to_ppo", 1)}
+
+
+def check_bench_table(where: str, header: list[str], rows: list[list[str]], folder: Path) -> None:
+    """Columns from ``BENCH_COLUMNS`` or ``<phase> (s)`` (the run's seconds in that phase); ``-``: null."""
+    for row in rows:
+        path = folder / f"{row[0].strip('`')}.json"
+        assert path.exists(), f"{where}: no benchmark output {rel(path)}"
+        out = json.loads(path.read_text())
+        for column, cell in zip(header[1:], row[1:]):
+            phase = re.fullmatch(r"(\w+) \(s\)", column)
+            if column in BENCH_COLUMNS:
+                key, factor = BENCH_COLUMNS[column]
+                value = out[key]
+            elif phase and phase.group(1) in out["phases"]:
+                value, factor = out["phases"][phase.group(1)], 1
+            else:
+                raise AssertionError(f"{where}: a bench table has no column {column!r}")
+            if cell == "-":
+                assert value is None, f"{where}: {row[0]} / {column} is {value}, not null"
+                continue
+            text = re.match(NUMBER, cell).group(0).replace(",", "")
+            decimals = len(text.split(".")[1]) if "." in text else 0
+            assert value is not None and abs(float(text) - value * factor) <= 0.5 * 10 ** -decimals + 1e-9, \
+                f"{where}: {row[0]} / {column} shows {text}, {rel(path)} says {value}"
 
 
 def check_lambda_table(where: str, header: list[str], rows: list[list[str]], folder: Path) -> None:
