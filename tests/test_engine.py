@@ -95,3 +95,27 @@ def test_a_hook_can_stop_the_pass_after_the_layers_it_needs(engine):
     finally:
         handle.remove()
     assert logits is None and len(batch.kv) == 1 and batch.next_pos.tolist() == [len(PREFIX)]
+
+
+def test_a_frozen_models_output_layer_reads_a_contiguous_input_without_changing_a_logit(tiny):
+    """Frozen weights no longer send the output layer into matmul's batched, weight-copying product
+    (the slow path an attached adapter took): with no gradient taken its input is made contiguous, once
+    per model however many engines run it, and the logits equal those of the trainable model bit for bit.
+    Forwards that take gradients are left as they were."""
+    model, pad = tiny.model, tiny.tokenizer.pad_token_id
+    seen: list[bool] = []
+    engines = [Engine(model, pad) for _ in range(3)]
+    head = model.get_output_embeddings()
+    assert len(head._forward_pre_hooks) == 1
+    head.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    with torch.inference_mode():
+        trainable, _ = engines[0].answer(None, ROWS)
+    model.requires_grad_(False)
+    try:
+        with torch.inference_mode():
+            frozen, _ = engines[1].answer(None, ROWS)
+        engines[2].answer(None, ROWS)  # grad mode on, as in training
+    finally:
+        model.requires_grad_(True)
+    assert torch.equal(trainable, frozen)
+    assert seen == [True, True, False]
