@@ -74,7 +74,7 @@ def contiguous_head(model: PreTrainedModel) -> None:
     head = model.get_output_embeddings()
     if head is not None and not getattr(head, "_llmrl_contiguous", False):
         head.register_forward_pre_hook(
-            lambda _, args: None if torch.is_grad_enabled() else (args[0].contiguous(), *args[1:]))
+            lambda _, args: None if torch.is_grad_enabled() or not args else (args[0].contiguous(), *args[1:]))
         head._llmrl_contiguous = True
 
 
