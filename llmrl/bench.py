@@ -96,17 +96,22 @@ def policy_loop(lm: LoadedModel, env: str, steps: int, n_envs: int) -> dict:
 
 
 def throughput(env: str = "CartPole-v1", steps: int = 2000, naive_steps: int = 30, n_envs: int = 16,
-               model: str | None = None, device: str = "auto", dtype: str = "auto") -> dict:
-    """Run both loops and the matmul probe; returns the figures ``llmrl bench throughput`` prints."""
+               model: str | None = None, device: str = "auto", dtype: str = "auto", frozen: bool = False) -> dict:
+    """Run both loops and the matmul probe; returns the figures ``llmrl bench throughput`` prints.
+
+    ``frozen``: every weight stops requiring grad first, as with an adapter attached; a frozen model once
+    took a slower product in its output layer (``llmrl.engine.contiguous_head``), so this checks for that.
+    """
     if steps < 1 or naive_steps < 1 or n_envs < 1:
         raise UsageError("--steps, --naive-steps and --n-envs must be >= 1")
     lm = load_model(model, device, dtype)
+    lm.model.requires_grad_(not frozen)
     matmul = matmul_gflops(device=lm.device, dtype=lm.dtype)
     naive, prompt_tokens = naive_loop(lm, env, naive_steps)
     ours = policy_loop(lm, env, steps, n_envs)
     return {
         "env": env, "model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "n_envs": n_envs, "naive_steps": naive_steps,
+        "threads": torch.get_num_threads(), "frozen": frozen, "n_envs": n_envs, "naive_steps": naive_steps,
         "naive_prompt_tokens": prompt_tokens, "naive_decisions_per_s": naive,
         **ours, "speedup": ours["decisions_per_s"] / naive, "matmul_gflops": matmul,
         "matmul_fraction": ours["achieved_gflops"] / matmul,

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--steps", type=int, default=2000, help="decisions of the llmrl policy to time")
     tp.add_argument("--naive-steps", type=int, default=30, dest="naive_steps")
     tp.add_argument("--n-envs", type=int, default=16, dest="n_envs")
+    tp.add_argument("--frozen", action="store_true",
+                    help="freeze every weight first, as an attached adapter does: the rate must not drop")
     _add_model_options(tp)
     tp.add_argument("--json", action="store_true")
     ed = bsub.add_parser("edits", help="N items in one model by one method: reliability, generalization, "
@@ -399,7 +401,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     from llmrl.bench import throughput
 
     result = throughput(args.env, steps=args.steps, naive_steps=args.naive_steps, n_envs=args.n_envs,
-                        model=args.model, device=args.device or "auto", dtype=args.dtype or "auto")
+                        model=args.model, device=args.device or "auto", dtype=args.dtype or "auto",
+                        frozen=args.frozen)
     if not args.json:
         print(f"naive generate loop : {result['naive_decisions_per_s']:8.2f} decisions/s")
         print(f"llmrl policy        : {result['decisions_per_s']:8.2f} decisions/s  "

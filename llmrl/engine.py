@@ -66,15 +66,17 @@ def contiguous_head(model: PreTrainedModel) -> None:
     view is contiguous; otherwise it expands the vocabulary-sized weight per
     row for a batched product, which made every forward of a frozen model (an
     adapter attached, ``requires_grad_(False)``) about 2.5 times slower on
-    the CPU. The copy costs a few rows of hidden state, and the logits are
-    the same bit for bit. Training forwards are left alone: the two products'
+    the CPU. A one-row slice counts as contiguous but keeps its strides, so
+    the input is copied into fresh ones. The copy costs a few rows of hidden
+    state, and the logits are the same bit for bit. Training forwards are left alone: the two products'
     gradients differ in the last bits, and an adapter trained again must be
     the one a run recorded.
     """
     head = model.get_output_embeddings()
     if head is not None and not getattr(head, "_llmrl_contiguous", False):
         head.register_forward_pre_hook(
-            lambda _, args: None if torch.is_grad_enabled() else (args[0].contiguous(), *args[1:]))
+            lambda _, args: None if torch.is_grad_enabled() or not args
+            else (args[0].clone(memory_format=torch.contiguous_format), *args[1:]))
         head._llmrl_contiguous = True
 
 

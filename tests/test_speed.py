@@ -51,3 +51,13 @@ def test_bench_run_errors(tmp_path, capsys):
     assert "--ppo-steps must be >= 1" in one_error_line(capsys, "bench", "run", str(cfg), "--ppo-steps", "0")
     assert "bad --set strategy=magic" in one_error_line(capsys, "bench", "run", str(cfg), "--set", "strategy=magic")
     assert "cannot read config" in one_error_line(capsys, "bench", "run", str(tmp_path / "none.yaml"))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_bench_throughput_times_a_frozen_model_on_request(frozen, capsys):
+    """``--frozen`` times the policy with every weight frozen (as an adapter leaves the model), and says so."""
+    args = ["bench", "throughput", "--model", "tiny", "--dtype", "float32", "--steps", "12", "--naive-steps", "1",
+            "--n-envs", "4", "--json"]
+    assert main(args + (["--frozen"] if frozen else [])) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert got["frozen"] is frozen and got["decisions"] >= 12 and got["decisions_per_s"] > 0
