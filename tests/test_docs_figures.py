@@ -219,6 +219,12 @@ def numbers(text: str) -> list[float]:
     return [float(x.replace(",", "")) for x in re.findall(NUMBER, norm(text))]
 
 
+def shows(text: str, value: float) -> bool:
+    """Whether the number ``text`` is ``value`` rounded to as many decimals as it shows."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9
+
+
 def check_record_table(where: str, header: list[str], rows: list[list[str]], runs: Path, seed: int) -> None:
     records = {}
     for path in runs.glob("*.json"):
@@ -232,8 +238,7 @@ def check_record_table(where: str, header: list[str], rows: list[list[str]], run
             key = (row[0], strategy)
             assert key in records, f"{where}: no seed-{seed} record of {strategy} on {row[0]}"
             text = shown.group(0).replace(",", "")
-            decimals = len(text.split(".")[1]) if "." in text else 0
-            assert abs(float(text) - records[key]) <= 0.5 * 10 ** -decimals + 1e-9, \
+            assert shows(text, records[key]), \
                 f"{where}: {row[0]} / {strategy} shows {text}, the record says {records[key]}"
 
 
@@ -262,8 +267,7 @@ def check_bench_table(where: str, header: list[str], rows: list[list[str]], fold
                 assert value is None, f"{where}: {row[0]} / {column} is {value}, not null"
                 continue
             text = re.match(NUMBER, cell).group(0).replace(",", "")
-            decimals = len(text.split(".")[1]) if "." in text else 0
-            assert value is not None and abs(float(text) - value * factor) <= 0.5 * 10 ** -decimals + 1e-9, \
+            assert value is not None and shows(text, value * factor), \
                 f"{where}: {row[0]} / {column} shows {text}, {rel(path)} says {value}"
 
 
