@@ -68,9 +68,9 @@ def contiguous_head(model: PreTrainedModel) -> None:
     adapter attached, ``requires_grad_(False)``) about 2.5 times slower on
     the CPU. A one-row slice counts as contiguous but keeps its strides, so
     the input is copied into fresh ones. The copy costs a few rows of hidden
-    state, and the logits are the same bit for bit. Training forwards are left alone: the two products'
-    gradients differ in the last bits, and an adapter trained again must be
-    the one a run recorded.
+    state, and the logits are the same bit for bit. Training forwards are
+    left alone: the two products' gradients differ in the last bits, and an
+    adapter trained again must be the one a run recorded.
     """
     head = model.get_output_embeddings()
     if head is not None and not getattr(head, "_llmrl_contiguous", False):
