@@ -16,7 +16,9 @@ from tests.test_inject_sequence import fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OPTIONS = {"steps": 3, "stats_tokens": 256, "stats_prompts": 8, "null_space": True}
+# the tiny model's keys are short (hidden size 64): at the default ridge (10) its update is so small that the
+# float32 rounding of the stored weights is 1.5e-4 of it, so the projection is checked at a ridge of 1
+OPTIONS = {"steps": 3, "stats_tokens": 256, "stats_prompts": 8, "null_space": True, "null_space_l2": 1.0}
 
 
 @pytest.fixture
