@@ -42,6 +42,7 @@ from llmrl.cores import claim, share
 from llmrl.errors import UsageError
 from llmrl.folders import exclusive, short_name, writable
 from llmrl.record import RunRecord, record_path, write_json, write_record
+from llmrl.resume import refuse_auto_redo, status
 from llmrl.strategies import ACCUMULATE, BY_NAME, NAMES
 
 if TYPE_CHECKING:
@@ -394,45 +395,6 @@ _RUNNERS: dict[str, Callable[[RunSpec, Path], dict[str, Any]]] = {
 # -- records ------------------------------------------------------------------------------------------
 
 
-def status(results: Path, spec: RunSpec) -> str:
-    """``ok``, ``failed`` or ``todo`` (no record, or a record of another configuration or card version)."""
-    try:
-        record = json.loads(record_path(results, spec.run_id).read_text())
-    except (OSError, ValueError):
-        return "todo"
-    # Records from before card versions existed were written with version 1.
-    same = _same_stream if spec.stream else (lambda a, b: a == b) if spec.capacity else _same_config
-    if not same(record.get("config"), spec.config) or record.get("card_version", 1) != spec.card_version:
-        return "todo"
-    return record.get("status", "todo")
-
-
-def _same_config(recorded: dict | None, wanted: dict[str, Any]) -> bool:
-    """Equal, or equal but for loop options added since the record was written and left at their defaults.
-
-    A new loop option's default keeps the behaviour from before it existed, so
-    runs finished without it stay valid and a long grid survives the addition.
-    """
-    if recorded is None or set(recorded) - set(wanted):
-        return False
-    fields = LoopConfig.model_fields
-    return all(recorded[k] == v if k in recorded else (k in fields and v == fields[k].default)
-               for k, v in wanted.items())
-
-
-def _same_stream(recorded: dict | None, wanted: dict[str, Any]) -> bool:
-    """The recorded stream config, read with today's StreamConfig (options added since take their defaults,
-    which keep the behaviour from before they existed), equals the wanted one."""
-    from pydantic import ValidationError
-
-    from llmrl.continual.stream import StreamConfig
-
-    try:
-        return recorded is not None and StreamConfig(**recorded).model_dump(mode="json") == wanted
-    except ValidationError:
-        return False
-
-
 def fingerprint(specs: list[RunSpec]) -> str:
     return hashlib.sha256(json.dumps([s.run_id for s in specs]).encode()).hexdigest()[:12]
 
@@ -466,6 +428,7 @@ def ablate(cfg: AblateConfig, backend: str = "local", workers: int = 1, address:
     results = cfg.out
     with exclusive(results, "llmrl ablate"):
         writable(results / "runs", "the records folder")
+        refuse_auto_redo(cfg.dtype, results, specs)
         todo = [s for s in specs if status(results, s) != "ok"]
         try:
             write_json(results / "experiment.json", experiment_entry(results / "experiment.json", cfg, specs))

@@ -310,13 +310,16 @@ def cmd_continual(args: argparse.Namespace) -> dict:
 
 
 def cmd_ablate(args: argparse.Namespace) -> dict:
-    from llmrl.ablate import ablate, expand, load_config, status
+    from llmrl.ablate import ablate, expand, load_config
+    from llmrl.resume import refuse_auto_redo, status
 
     cfg = load_config(args.config, args.set)
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.dry_run:
-        runs = [{"run_id": s.run_id, "status": status(cfg.out, s)} for s in expand(cfg)]
+        specs = expand(cfg)
+        refuse_auto_redo(cfg.dtype, cfg.out, specs)
+        runs = [{"run_id": s.run_id, "status": status(cfg.out, s)} for s in specs]
         if not args.json:
             for r in runs:
                 print(f"{r['status']:<7} {r['run_id']}")

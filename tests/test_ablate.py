@@ -15,11 +15,13 @@ import yaml
 
 import llmrl.ablate as ablate_mod
 import llmrl.models
-from llmrl.ablate import AblateConfig, ablate, expand, load_config, status
+from llmrl.ablate import AblateConfig, ablate, expand, load_config
 from llmrl.cli import main
 from llmrl.cards import get_card
 from llmrl.errors import UsageError
 from llmrl.record import read_record, record_path, write_record
+from llmrl.resume import status
+from tests.helpers import one_error_line
 
 TINY_LOOP = {"iterations": 1, "steps_per_iteration": 48, "n_envs": 4, "min_support": 2, "z": 0.5, "locality": False}
 
@@ -113,6 +115,26 @@ def test_auto_dtype_is_named_per_run_on_a_cpu(tmp_path, monkeypatch, native):
     assert {s.config["dtype"] for s in specs} == {"bfloat16" if native else "float32"}
     fixed = expand(load_config(grid(tmp_path, strategies=["context"], seeds=1, dtype="float32")))
     assert fixed[0].config["dtype"] == "float32"
+
+
+def test_auto_dtype_refuses_to_redo_the_runs_another_cpu_finished(tmp_path, monkeypatch, capsys):
+    """Resumed on a CPU without native bf16, a grid whose runs ran in bf16 would run them all again over
+    their records; it stops with the two ways on, and a dtype named on the command line is obeyed."""
+    monkeypatch.setattr(llmrl.models, "native_bf16", lambda: True)
+    path = grid(tmp_path, strategies=["context"], seeds=1)
+    spec = expand(load_config(path))[0]
+    write_raw(load_config(path).out, {"run_id": spec.run_id, "config": spec.config, "status": "ok"})
+    assert status(load_config(path).out, spec) == "ok"
+    monkeypatch.setattr(llmrl.models, "native_bf16", lambda: False)
+    cfg = load_config(path)
+    before = record_path(cfg.out, spec.run_id).read_text()
+    with pytest.raises(UsageError, match=r"ran in bfloat16.*--set dtype=bfloat16 .*--set dtype=float32 to redo"):
+        ablate(cfg)
+    err = one_error_line(capsys, "ablate", str(path), "--dry-run")
+    assert spec.run_id in err
+    assert record_path(cfg.out, spec.run_id).read_text() == before
+    assert status(cfg.out, expand(load_config(path, ["dtype=bfloat16"]))[0]) == "ok"
+    assert status(cfg.out, expand(load_config(path, ["dtype=float32"]))[0]) == "todo"
 
 
 def test_env_loop_overrides_and_bad_grids(tmp_path):

@@ -62,7 +62,7 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     assert cell["generalization_fresh"] == (pytest.approx([sum(known) / len(known), min(known), max(known)])
                                             if known else None)
     text = (tmp_path / "edits" / "report.md").read_text()
-    assert text.startswith("# Capacity report: edits")
+    assert text.startswith("# Capacity report: edits") and "All cells ran in float32." in text
     assert "## Batch editing" in text and "## Sequential editing" in text
     assert text.index("| context | 2 |") < text.index("| context | 4 |") < text.index("| rag | 2 |")
     assert (tmp_path / "edits" / "capacity_batch.png").stat().st_size > 1000
@@ -72,6 +72,21 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     assert row[1:3] == ["2", f"{cell['reliability'][0]:.2f}"]
     assert row[-2:] == [f"{cell['erase_ok']}/2", "2/2"]
     assert lines[-1].startswith("report: ") and len(lines) == 2 + len(report["cells"])
+
+
+def test_a_row_never_pools_two_precisions(tmp_path, pool, capsys):
+    """Seeds run in another precision (a grid resumed on another machine with the dtype named) get rows of
+    their own."""
+    path = grid_file(tmp_path, pool, capacity={"methods": ["rag"], "items": [2], "pool": str(pool)}, seeds=[0])
+    assert main(["ablate", str(path)]) == 0
+    assert main(["ablate", str(path), "--set", "seeds=[1]", "--set", "dtype=bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "edits"), "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out.splitlines()[-1])["cells"]
+    assert set(cells) == {"batch/rag (bfloat16)/2", "batch/rag (float32)/2"}
+    assert all(cell["seeds"] == 1 for cell in cells.values())
+    text = (tmp_path / "edits" / "report.md").read_text()
+    assert "Cells ran in bfloat16 and float32; each method's rows are split by precision." in text
 
 
 def test_capacity_grid_errors(tmp_path, pool, capsys):

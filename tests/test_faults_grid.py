@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmrl.ablate import expand, load_config, status
+from llmrl.ablate import expand, load_config
 from llmrl.cli import main
 from llmrl.folders import MAX_NAME
+from llmrl.resume import status
 from tests.helpers import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -34,18 +34,26 @@ def capacity_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], 
     failed = [r for r in records if not r.ok]
     if not done:
         raise UsageError("no finished capacity cells to report")
+    # a row never pools precisions: with more than one among the cells, each method's rows are split by it
+    dtypes = sorted({str((r.runtime or {}).get("dtype")) for r in done})
     cells: dict[tuple[str, str, int], list[dict]] = {}
     for r in done:
         c = r.capacity or {}
         mode = "sequential" if c["sequential"] else "batch"
-        cells.setdefault((mode, c["method"], c["items"]), []).append(c)
-    methods = sorted({m for _, m, _ in cells}, key=lambda m: list(METHODS).index(m) if m in METHODS else 99)
+        label = c["method"] if len(dtypes) == 1 else f"{c['method']} ({(r.runtime or {}).get('dtype')})"
+        cells.setdefault((mode, label, c["items"]), []).append(c)
+    order = list(METHODS)
+    methods = sorted({m for _, m, _ in cells},
+                     key=lambda m: (order.index(m.split()[0]) if m.split()[0] in order else 99, m))
+    precision = (f"All cells ran in {dtypes[0]}." if len(dtypes) == 1 else
+                 f"Cells ran in {' and '.join(dtypes)}; each method's rows are split by precision.")
     blocks: list[Block] = [
         Heading(1, title),
         Para(f"{count(len(done), 'finished cell')}, {len(failed)} failed. Each cell inserts N items of the pool "
              "(docs/capacity.md) into the default model with one method, in one edit (batch) or one edit per "
              "item (sequential). Figures are the mean over seeds, with the lowest and highest seed in "
-             "brackets; erase and undo count the seeds whose erase was good and whose undo was bit-exact."),
+             f"brackets; erase and undo count the seeds whose erase was good and whose undo was bit-exact. "
+             f"{precision}"),
     ]
     data: dict = {"cells": {}}
     figures = []
