@@ -35,12 +35,13 @@ def capacity_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], 
     if not done:
         raise UsageError("no finished capacity cells to report")
     # a row never pools precisions: with more than one among the cells, each method's rows are split by it
-    dtypes = sorted({str((r.runtime or {}).get("dtype")) for r in done})
+    precision_of = {r.run_id: str((r.runtime or {}).get("dtype")) for r in done}
+    dtypes = sorted(set(precision_of.values()))
     cells: dict[tuple[str, str, int], list[dict]] = {}
     for r in done:
         c = r.capacity or {}
         mode = "sequential" if c["sequential"] else "batch"
-        label = c["method"] if len(dtypes) == 1 else f"{c['method']} ({(r.runtime or {}).get('dtype')})"
+        label = c["method"] if len(dtypes) == 1 else f"{c['method']} ({precision_of[r.run_id]})"
         cells.setdefault((mode, label, c["items"]), []).append(c)
     order = list(METHODS)
     methods = sorted({m for _, m, _ in cells},
