@@ -173,9 +173,12 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
     """The final policy of the run in ``values["run"]``, and the evaluation settings: the run's own
     (its evaluation seeds, episodes and step cap, so a greedy evaluation repeats its final one)
     unless ``values`` sets them."""
+    import torch
+
     from llmrl.config import EvalConfig, build
     from llmrl.evaluate import eval_seed
     from llmrl.loop import finished_run, restore, run_threads
+    from llmrl.models import native_bf16, resolve_device, resolve_dtype
 
     fixed = sorted({"env", "policy", "model", "mode", "normalization", "shots", "trajectories"} & set(values))
     if fixed:
@@ -186,6 +189,11 @@ def _restored(values: dict[str, Any], source: str) -> tuple[LLMPolicy, EvalConfi
                 "threads": run_threads(values["run"])}
     cfg = build(EvalConfig, {**defaults, **values}, source=source)  # bad options fail before the model loads
     _set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and resolve_dtype(cfg.dtype, device) == torch.bfloat16 and not native_bf16():
+        print("llmrl: note: the run computed in bfloat16, which this CPU emulates (no AVX512-BF16 or AMX): "
+              "replaying it takes many times the run's time; --dtype float32 is fast but not the run's arithmetic",
+              file=sys.stderr)
     policy = restore(values["run"], run, items, cfg.device, cfg.dtype, cfg.temperature)
     return policy, cfg, run.strategy
 
