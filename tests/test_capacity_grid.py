@@ -62,7 +62,7 @@ def test_a_capacity_grid_runs_resumes_and_reports(tmp_path, pool, capsys):
     assert cell["generalization_fresh"] == (pytest.approx([sum(known) / len(known), min(known), max(known)])
                                             if known else None)
     text = (tmp_path / "edits" / "report.md").read_text()
-    assert text.startswith("# Capacity report: edits") and "All cells ran in float32." in text
+    assert text.startswith("# Capacity report: edits") and "The language model ran in float32 in every cell." in text
     assert "## Batch editing" in text and "## Sequential editing" in text
     assert text.index("| context | 2 |") < text.index("| context | 4 |") < text.index("| rag | 2 |")
     assert (tmp_path / "edits" / "capacity_batch.png").stat().st_size > 1000
@@ -86,7 +86,7 @@ def test_a_row_never_pools_two_precisions(tmp_path, pool, capsys):
     assert set(cells) == {"batch/rag (bfloat16)/2", "batch/rag (float32)/2"}
     assert all(cell["seeds"] == 1 for cell in cells.values())
     text = (tmp_path / "edits" / "report.md").read_text()
-    assert "Cells ran in bfloat16 and float32; each method's rows are split by precision." in text
+    assert "The language model ran in bfloat16 and float32; each method's rows are split by precision." in text
 
 
 def test_capacity_grid_errors(tmp_path, pool, capsys):

@@ -224,6 +224,25 @@ def test_a_stream_grid_records_resumes_and_reports(tmp_path, capsys):
     assert (tmp_path / "grid" / "phases.png").exists()
 
 
+def test_a_stream_row_never_pools_two_precisions(tmp_path, capsys):
+    """A seed resumed in another precision gets a row of its own; PPO, which has no language model, is not
+    labelled."""
+    path = grid_file(tmp_path, accumulate=["rebuild"], seeds=[0], dtype="float32")
+    assert main(["ablate", str(path)]) == 0
+    assert main(["ablate", str(path), "--set", "seeds=[1]", "--set", "strategies=[context]",
+                 "--set", "dtype=bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "grid"), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out.splitlines()[-1])["groups"]
+    assert set(groups) == {"context (float32)/rebuild", "context (bfloat16)/rebuild", "ppo/-"}
+    assert all(group["runs"] == 1 for group in groups.values())
+    text = (tmp_path / "grid" / "report.md").read_text()
+    assert "The language model ran in bfloat16 and float32; each strategy's rows are split by precision." in text
+    # one run: the plain mean, starred (escaped in markdown)
+    assert re.search(r"^\| context \(bfloat16\) \| rebuild \| 1\\\* \|", text, re.M)
+    assert (tmp_path / "grid" / "matrix_context_bfloat16_rebuild.png").exists()
+
+
 def test_stream_grid_errors(tmp_path, capsys):
     assert "a stream grid runs edit strategies and ppo; random" in one_error_line(
         capsys, "ablate", str(grid_file(tmp_path, strategies=["random", "context"])), "--dry-run")

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as Canvas
 from llmrl.errors import UsageError
 from llmrl.record import RunRecord
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, count, num
-from llmrl.report.runs import last_error_line
+from llmrl.report.runs import last_error_line, precision_labels
 from llmrl.strategies import METHODS
 
 #: The measurements per cell, in the table's order: (result key, column).
@@ -34,20 +34,16 @@ def capacity_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], 
     failed = [r for r in records if not r.ok]
     if not done:
         raise UsageError("no finished capacity cells to report")
-    # a row never pools precisions: with more than one among the cells, each method's rows are split by it
-    precision_of = {r.run_id: str((r.runtime or {}).get("dtype")) for r in done}
-    dtypes = sorted(set(precision_of.values()))
+    suffix, precision = precision_labels(done, "cell", "method")
     cells: dict[tuple[str, str, int], list[dict]] = {}
     for r in done:
         c = r.capacity or {}
         mode = "sequential" if c["sequential"] else "batch"
-        label = c["method"] if len(dtypes) == 1 else f"{c['method']} ({precision_of[r.run_id]})"
+        label = c["method"] + suffix[r.run_id]
         cells.setdefault((mode, label, c["items"]), []).append(c)
     order = list(METHODS)
     methods = sorted({m for _, m, _ in cells},
                      key=lambda m: (order.index(m.split()[0]) if m.split()[0] in order else 99, m))
-    precision = (f"All cells ran in {dtypes[0]}." if len(dtypes) == 1 else
-                 f"Cells ran in {' and '.join(dtypes)}; each method's rows are split by precision.")
     blocks: list[Block] = [
         Heading(1, title),
         Para(f"{count(len(done), 'finished cell')}, {len(failed)} failed. Each cell inserts N items of the pool "

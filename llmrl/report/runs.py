@@ -53,6 +53,20 @@ def records_of_kind(results_dir: Path, kind: str) -> list[RunRecord]:
     return found
 
 
+def precision_labels(records: list[RunRecord], noun: str, row: str) -> tuple[dict[str, str], str]:
+    """Per run id, the suffix that names its language model's precision (`` (float32)``) when the records
+    ran in more than one, else ``""`` (also for runs with no language model, such as PPO's); and a sentence
+    saying which they ran in. A report's row never pools precisions: on a model this small they can change
+    what an edit does (reports/edits-float32/NOTES.md)."""
+    precision_of = {r.run_id: r.runtime["dtype"] for r in records if (r.runtime or {}).get("dtype")}
+    dtypes = sorted(set(precision_of.values()))
+    if len(dtypes) < 2:
+        said = f"The language model ran in {dtypes[0]} in every {noun}." if dtypes else ""
+        return {r.run_id: "" for r in records}, said
+    return ({r.run_id: f" ({precision_of[r.run_id]})" if r.run_id in precision_of else "" for r in records},
+            f"The language model ran in {' and '.join(dtypes)}; each {row}'s rows are split by precision.")
+
+
 def load_runs(results_dir: Path, reference_scores: dict[str, tuple[float, float]]
               ) -> tuple[list[Run], list[tuple[str, str]]]:
     """Finished runs, and (run id, last error line) of the failed ones."""

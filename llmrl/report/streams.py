@@ -19,7 +19,7 @@ from llmrl.phases import STREAM_PHASES
 from llmrl.record import RunRecord
 from llmrl.report.phases import NOTE, timing_blocks
 from llmrl.report.render import Block, Bullets, Figure, Heading, Para, Table, count, num, slug
-from llmrl.report.runs import last_error_line
+from llmrl.report.runs import last_error_line, precision_labels
 from llmrl.report.stats import BOOTSTRAP_REPS, BOOTSTRAP_SEED, MIN_RUNS_FOR_IQM, iqm_ci
 from llmrl.strategies import order
 
@@ -36,9 +36,11 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
     if any(r.stream["stages"] != stages for r in done):  # type: ignore[index]
         raise UsageError("the records are of different streams; report one stream per results folder")
     normalised = all(r.stream["matrix"] is not None for r in done)  # type: ignore[index]
+    suffix, precision = precision_labels(done, "run", "strategy")
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in sorted(done, key=lambda r: (order(r.strategy), r.stream["accumulate"], r.seed)):  # type: ignore[index]
-        groups.setdefault((r.strategy, r.stream["accumulate"]), []).append(_rescored(r.stream, normalised))
+    for r in sorted(done, key=lambda r: (order(r.strategy), suffix[r.run_id], r.stream["accumulate"], r.seed)):  # type: ignore[index]
+        groups.setdefault((r.strategy + suffix[r.run_id], r.stream["accumulate"]), []).append(
+            _rescored(r.stream, normalised))
 
     scale = "normalised (0 random play, 1 the card's table policy)" if normalised else "raw returns"
     blocks: list[Block] = [
@@ -54,7 +56,7 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
              "the joint upper bound: every card's final items injected at once on the untouched model (with "
              "rebuild, the final row itself). Env steps is the mean number of environment steps a run trained "
              f"over the whole stream, whose feedback budget is {_budget(done[0].config):,}: PPO trains whole "
-             "rollouts of its RL Zoo settings, so its runs can train more than the budget."),
+             f"rollouts of its RL Zoo settings, so its runs can train more than the budget. {precision}"),
     ]
     data: dict = {"stages": stages, "normalised": normalised, "groups": {}}
     rows = []
@@ -86,14 +88,15 @@ def stream_blocks(records: list[RunRecord], title: str) -> tuple[list[Block], li
     for (strategy, accumulate), runs in groups.items():
         mean = data["groups"][f"{strategy}/{accumulate}"]["mean_matrix"]
         figures.append(Figure(f"{strategy} ({accumulate}): mean matrix over {len(runs)} seeds",
-                              f"matrix_{slug(strategy)}_{accumulate}.png",
+                              f"matrix_{slug(strategy).strip('_')}_{accumulate}.png",
                               plot_matrix(mean, stages, f"{strategy} ({accumulate}), mean of {len(runs)}",
                                           normalised)))
         blocks.append(figures[-1])
     timed: dict[str, list[tuple[dict, float]]] = {}
-    for r in sorted(done, key=lambda r: (order(r.strategy), r.stream["accumulate"])):  # type: ignore[index]
+    for r in sorted(done, key=lambda r: (order(r.strategy), suffix[r.run_id], r.stream["accumulate"])):  # type: ignore[index]
         if r.phases:
-            timed.setdefault(f"{r.strategy} ({r.stream['accumulate']})", []).append((r.phases, r.wall_seconds))
+            timed.setdefault(f"{r.strategy}{suffix[r.run_id]} ({r.stream['accumulate']})", []).append(
+                (r.phases, r.wall_seconds))
     timing, timing_figures = timing_blocks(f"Per strategy and accumulation mode, over the runs that timed their "
                                            f"phases ({NOTE}):", "the stream", "phases.png", timed, STREAM_PHASES)
     if timing:
