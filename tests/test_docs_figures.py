@@ -321,13 +321,13 @@ def prose(text: str) -> str:
 
 
 def report_for(doc: Path) -> list[Path]:
-    """The reports a document may quote: its own beside a NOTES file; for the README and docs, the control
-    and Atari reports and every report its markers name."""
-    if doc.name == "NOTES.md":
-        own = doc.parent / "report.md"
-        return [own] if own.exists() else []
+    """The reports a document may quote: every report its markers name; besides those, its own beside a
+    NOTES file, and for the README and docs the control and Atari reports."""
     named = [ROOT / m.group(2).split()[0] for m in MARKER.finditer(doc.read_text())
              if m.group(1) == "report"]
+    if doc.name == "NOTES.md":
+        own = doc.parent / "report.md"
+        return list(dict.fromkeys([own, *named])) if own.exists() else named
     return list(dict.fromkeys([*REPORTS.values(), *named]))
 
 
