@@ -315,7 +315,8 @@ def check_lambda_table(where: str, header: list[str], rows: list[list[str]], fol
 
 
 def prose(text: str) -> str:
-    """The text outside code blocks, HTML comments and marked tables (those are checked above)."""
+    """The text outside code blocks and HTML comments; marked tables stay in, so their intervals too must be
+    ones the document's reports print."""
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     return re.sub(r"```.*?```", "", text, flags=re.S)
 
