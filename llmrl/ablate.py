@@ -5,7 +5,8 @@ An experiment YAML (:class:`AblateConfig`) expands to runs; each run is one
 ``OUT/runs/``. A record is written atomically (temporary file, fsync, rename)
 by the driver once the run returns, so killing the experiment at any moment
 loses at most the runs in flight; running the same command again skips every
-run whose record says ``ok`` and redoes the rest. A run that raises is
+run whose record says ``ok`` and redoes the rest (a stream goes on after its
+last finished stage, :mod:`llmrl.continual.checkpoint`). A run that raises is
 recorded as ``failed`` with its traceback, and the grid goes on.
 
 Every strategy is measured on the same evaluation seeds by the same
@@ -304,7 +305,9 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
             "host": platform.node()}
     folder = Path(results) / "runs" / spec.run_id
     try:
-        if folder.exists():  # left by an attempt that was killed or failed: a run starts from an empty folder
+        # left by an attempt that was killed or failed: a run starts from an empty folder, a stream from its
+        # last finished stage where it left a checkpoint (llmrl.continual.checkpoint)
+        if folder.exists() and not (spec.stream and (folder / "checkpoint.json").exists()):
             shutil.rmtree(folder)
         outcome = _RUNNERS[kind](spec, folder)
         return RunRecord(**{**base, **outcome}, status="ok", wall_seconds=time.perf_counter() - t0)
@@ -375,7 +378,7 @@ def _run_ppo(spec: RunSpec, folder: Path) -> dict[str, Any]:
 def _run_stream(spec: RunSpec, folder: Path) -> dict[str, Any]:
     from llmrl.continual.stream import StreamConfig, run_stream
 
-    summary = run_stream(StreamConfig(**{**spec.config, "out": folder}), progress=False)
+    summary = run_stream(StreamConfig(**{**spec.config, "out": folder}), progress=False, resume=True)
     return {"model": None if spec.strategy == "ppo" else summary.model, "runtime": summary.runtime,
             "env_steps": summary.env_steps, "stream": summary.to_json(), "phases": summary.phases}
 

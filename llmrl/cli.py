@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (YAML value; dots reach into mappings); repeatable")
     co.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+    co.add_argument("--resume", action="store_true",
+                    help="go on after the last finished stage of the stream in `out` (same config, device and dtype)")
 
     ab = sub.add_parser("ablate", help="run an experiment grid (envs x strategies x seeds x models), resumable")
     ab.add_argument("config", type=Path, help="YAML file of AblateConfig keys (see configs/experiments/)")
@@ -308,7 +310,7 @@ def cmd_continual(args: argparse.Namespace) -> dict:
             items = f"  items {line['items']}" if "items" in line else ""
             print(f"{where:<40} returns {' '.join(f'{r:7.1f}' for r in line['row'])}{items}{reached}", flush=True)
 
-    summary = run_stream(cfg, progress=sys.stderr.isatty(), on_stage=show)
+    summary = run_stream(cfg, progress=sys.stderr.isatty(), on_stage=show, resume=args.resume)
     if not args.json:
         m = summary.metrics
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731

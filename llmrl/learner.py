@@ -202,6 +202,15 @@ class Learner:
         self.undo_to(0)
         self._inject({k: dict(kb.items) for k, (_, kb) in self.tasks.items()}, joint=True)
 
+    def replay(self, edits: list[tuple[str, list[tuple[str, KnowledgeItem]]]]) -> None:
+        """Make again, in order, edits that were in force: ``(card key or JOINT, [(card, item), ...])`` each.
+        An injector's edit depends only on the model and the items, so this restores the edited model."""
+        for key, items in edits:
+            todo: dict[str, dict[str, KnowledgeItem]] = {}
+            for card, item in items:
+                todo.setdefault(card, {})[item.situation] = item
+            self._inject(todo, joint=key == JOINT)
+
     def _inject(self, todo: dict[str, dict[str, KnowledgeItem]], joint: bool) -> None:
         todo = {k: items for k, items in todo.items() if items}
         jointly = getattr(self.injector, "inject_jointly", None)

@@ -55,6 +55,11 @@ class PhaseClock:
         """Every phase's seconds so far, with ``acting`` and ``env`` beside them."""
         return {**self.seconds, "acting": self.acting, "env": self.env}
 
+    def restore(self, snapshot: dict[str, float]) -> None:
+        """Go on from a snapshot taken in another process (a stream resumed from its checkpoint)."""
+        self.acting, self.env = snapshot["acting"], snapshot["env"]
+        self.seconds.update({k: v for k, v in snapshot.items() if k in self.seconds})
+
     @staticmethod
     def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         """The seconds between two snapshots, per key."""

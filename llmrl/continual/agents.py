@@ -22,8 +22,8 @@ from llmrl.cards import Card
 from llmrl.config import LoopConfig
 from llmrl.folders import atomic_write
 from llmrl.inject import Injector
-from llmrl.knowledge import Extraction, KnowledgeBase
-from llmrl.learner import Learner
+from llmrl.knowledge import Extraction, KnowledgeBase, KnowledgeItem
+from llmrl.learner import JOINT, Learner
 from llmrl.phases import STREAM_PHASES, PhaseClock
 from llmrl.policy import Policy
 
@@ -116,6 +116,36 @@ class EditingAgent:
     @property
     def replayed(self) -> int:
         return self.learner.replayed
+
+    def state(self) -> dict[str, Any]:
+        """What :mod:`llmrl.continual.checkpoint` keeps: each card's items held and erased, and the edits in
+        force, oldest first, each item with its card and whether it is the very item its card holds."""
+        def held(card: str, item: KnowledgeItem) -> bool:
+            return self.tasks[card][1].items.get(item.situation) is item
+
+        def card_of(key: str, item: KnowledgeItem) -> str:  # a joint edit's items are several cards'
+            return key if key != JOINT else next(k for k in self.tasks if held(k, item))
+
+        return {"knowledge": {k: {"items": [i.to_json() for i in kb.items.values()],
+                                  "erased": [i.to_json() for i in kb.erased]} for k, (_, kb) in self.tasks.items()},
+                "edits": [{"card": key, "items": [{"card": card_of(key, i), "held": held(card_of(key, i), i),
+                                                   "item": i.to_json()} for i in edit.items]}
+                          for key, edit in self.learner.edits],
+                "replayed": self.learner.replayed}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` kept on the freshly loaded model: the knowledge, then the edits again."""
+        for key, (_, kb) in self.tasks.items():
+            saved = state["knowledge"].get(key, {"items": [], "erased": []})
+            kb.items = {i["situation"]: KnowledgeItem(**i) for i in saved["items"]}
+            kb.erased = [KnowledgeItem(**i) for i in saved["erased"]]
+        edits = []
+        for edit in state["edits"]:
+            items = [(i["card"], self.tasks[i["card"]][1].items[i["item"]["situation"]] if i["held"]
+                      else KnowledgeItem(**i["item"])) for i in edit["items"]]
+            edits.append((edit["card"], items))
+        self.learner.replay(edits)
+        self.learner.replayed = state["replayed"]
 
     def finish(self, out: Path) -> None:
         """``items.json``: the items held at the end and those erased, each with its card."""

@@ -20,13 +20,15 @@ knowledge over time measures.
 
 Outputs in ``out``: ``config.json``, ``runtime.json``, ``stages.jsonl`` (one
 line per stage, row 0 included, with the seconds each phase took since the
-previous line), ``items.json``, TensorBoard scalars and ``matrix.png``.
+previous line), ``items.json``, TensorBoard scalars and ``matrix.png``; while it runs, ``checkpoint.json``
+after each stage, from which ``resume`` goes on (:mod:`llmrl.continual.checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +40,7 @@ from tqdm import tqdm
 
 from llmrl.cards import Card, get_card
 from llmrl.config import LoopConfig, Strict, build
+from llmrl.continual import checkpoint as ckpt
 from llmrl.continual.metrics import StreamMetrics, normalise, stream_metrics
 from llmrl.errors import UsageError
 from llmrl.evaluate import eval_seed, evaluate
@@ -162,6 +165,8 @@ class StreamSummary:
     #: ACC of ``joint_returns``, on the metrics' scale (normalised where the matrix is).
     acc_joint: float | None
     out: str
+    #: The stages after which an earlier process stopped and the stream went on from its checkpoint.
+    resumed_after: list[int]
     #: Seconds per phase over the whole stream (:data:`~llmrl.phases.STREAM_PHASES`), with ``acting`` and ``env``.
     phases: dict[str, float]
     wall_seconds: float
@@ -177,9 +182,13 @@ class StreamSummary:
                 "efficiency": efficiency(self.phases, self.wall_seconds)}
 
 
-def run_stream(cfg: StreamConfig, progress: bool = True,
-               on_stage: Callable[[dict], None] | None = None) -> StreamSummary:
-    """Run the stream; writes its outputs to ``cfg.out`` and returns the summary."""
+def run_stream(cfg: StreamConfig, progress: bool = True, on_stage: Callable[[dict], None] | None = None,
+               resume: bool = False) -> StreamSummary:
+    """Run the stream; writes its outputs to ``cfg.out`` and returns the summary.
+
+    ``resume``: go on after the last stage of the checkpoint in ``cfg.out`` where it was written for this
+    configuration (an editing stream whose stages estimate from their own feedback); else start afresh.
+    """
     stage_cfgs = [cfg.stage_config(s) for s in cfg.stages]
     tasks = [get_card(s.env) for s in cfg.stages]
     for card, variant in tasks:
@@ -189,25 +198,41 @@ def run_stream(cfg: StreamConfig, progress: bool = True,
     injector = make_injector(cfg.strategy, dict(cfg.strategy_options), out) if edits else None
     with exclusive(out, "llmrl continual"):
         writable(out, "the stream's folder")
-        for name in ("stages.jsonl", "items.json", "matrix.png", "injector.json"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        return _stream(cfg, stage_cfgs, tasks, injector, out, progress, on_stage)
+        resumable = cfg.strategy != "ppo" and cfg.reset_feedback
+        saved = ckpt.load(out, cfg.model_dump(mode="json")) if resume and resumable else None
+        if saved is None:
+            _clear(out)
+        return _stream(cfg, stage_cfgs, tasks, injector, out, progress, on_stage, resumable, saved)
+
+
+def _clear(out: Path) -> None:
+    """Take out what an earlier run of the stream left: it starts from its first stage."""
+    for name in ("stages.jsonl", "items.json", "matrix.png", "injector.json", ckpt.NAME):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
 def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[Card, str | None]], injector: Any,
-            out: Path, progress: bool, on_stage: Callable[[dict], None] | None) -> StreamSummary:
+            out: Path, progress: bool, on_stage: Callable[[dict], None] | None, resumable: bool,
+            saved: ckpt.Checkpoint | None) -> StreamSummary:
     from llmrl.continual.agents import EditingAgent, PPOAgent
     from llmrl.continual.figure import plot_matrix
 
     start, clock = time.perf_counter(), PhaseClock(STREAM_PHASES)
-    atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
-    if injector is not None:
-        keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     with clock.phase("setup"):
         agent: EditingAgent | PPOAgent = (
             PPOAgent(cfg.seed, cfg.device, out, clock) if cfg.strategy == "ppo"
             else EditingAgent(stage_cfgs, [c for c, _ in tasks], injector, cfg.accumulate, out, clock))
+    runtime = {k: (agent.runtime or {}).get(k) for k in ("device", "dtype")}
+    if saved is not None and saved.runtime != runtime:
+        print(f"llmrl: the checkpoint in {out} ran on {saved.runtime}, this process on {runtime}: the stream "
+              "starts again from its first stage", file=sys.stderr, flush=True)
+        saved = None
+        _clear(out)
+    config = cfg.model_dump(mode="json")
+    atomic_write(out / "config.json", json.dumps(config, indent=2))
+    if injector is not None:
+        keep_settings(out, cfg.strategy, dict(cfg.strategy_options))
     envs = [s.env for s in cfg.stages]
 
     def score(p: Policy, env: str, phase: str = "evaluate") -> float:
@@ -226,17 +251,31 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
                 seen[env] = score(agent.policy_for(card), env, phase)
         return [seen[env] for env in envs]
 
-    random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e, "references")
-                      for e in envs]
-    tables = [table_policy(c, v) for c, v in tasks]
-    reference = [score(t, e, "references") if t is not None else None for t, e in zip(tables, envs)]
-    agent.begin(*tasks[0], cfg.reset_feedback)
-    raw = [row()]
+    if saved is None:
+        random_returns = [score(RandomPolicy(get_card(e)[0].action_words, seed=cfg.seed), e, "references")
+                          for e in envs]
+        tables = [table_policy(c, v) for c, v in tasks]
+        reference = [score(t, e, "references") if t is not None else None for t, e in zip(tables, envs)]
+        agent.begin(*tasks[0], cfg.reset_feedback)
+        raw = [row()]
+        totals = dict.fromkeys(("insert", "modify", "erase"), 0)
+        steps_to_target: list[int | None] = []
+        env_steps, it, done, resumed_after = 0, 0, 0, []
+        logged = dict.fromkeys(clock.snapshot(), 0.0)  # the clock when the last line was written
+    else:
+        assert isinstance(agent, EditingAgent)
+        with clock.phase("setup"):
+            agent.restore(saved.agent)
+        ckpt.truncate_lines(out, saved.stage)
+        random_returns, reference, raw = saved.random_returns, saved.reference_returns, saved.raw
+        totals, steps_to_target, env_steps, it = saved.totals, saved.steps_to_target, saved.env_steps, saved.iteration
+        done, resumed_after = saved.stage, [*saved.resumed_after, saved.stage]
+        start -= saved.wall_seconds
+        logged = dict(saved.phases)
+        clock.restore({k: saved.phases[k] + v for k, v in clock.snapshot().items()})
+        if done == 0:
+            agent.begin(*tasks[0], cfg.reset_feedback)
     writer = SummaryWriter(str(out / "tensorboard"))
-    totals = dict.fromkeys(("insert", "modify", "erase"), 0)
-    steps_to_target: list[int | None] = []
-    env_steps, it = 0, 0
-    logged = dict.fromkeys(clock.snapshot(), 0.0)  # the clock when the last line was written
 
     def timed(line: dict) -> dict:
         nonlocal logged
@@ -244,11 +283,21 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         line["phases"], logged = PhaseClock.since(logged, now), now
         return line
 
+    def logged_stage(line: dict) -> None:
+        _log(out, writer, timed(line), on_stage)
+        if resumable:
+            ckpt.save(out, config, ckpt.Checkpoint(
+                line["stage"], it, env_steps, raw, random_returns, reference, steps_to_target, totals,
+                logged, time.perf_counter() - start, runtime, agent.state(), resumed_after))  # type: ignore[union-attr]
+
     bar = tqdm(total=sum(s.iterations for s in cfg.stages), desc=f"{cfg.strategy} stream", unit="it",
-               disable=not progress)
+               disable=not progress, initial=sum(s.iterations for s in cfg.stages[:done]))
     try:
-        _log(out, writer, timed({"stage": 0, "env": None, "row": raw[0], "env_steps": 0}), on_stage)
+        if saved is None:
+            logged_stage({"stage": 0, "env": None, "row": raw[0], "env_steps": 0})
         for k, (stage, (card, variant)) in enumerate(zip(cfg.stages, tasks), 1):
+            if k <= done:
+                continue
             if k > 1:
                 agent.begin(card, variant, cfg.reset_feedback)
             target = cfg.target.get(stage.env)
@@ -275,11 +324,9 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
             info = agent.stage_info()
             for kind in totals:
                 totals[kind] += info.get(f"items_{kind}", 0)
-            _log(out, writer, timed({"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
-                                     "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
-                                     "curve": [{"env_steps": s, "mean_return": r, "carried": c}
-                                               for s, r, c in curve], **info}),
-                 on_stage)
+            logged_stage({"stage": k, "env": stage.env, "row": raw[-1], "env_steps": env_steps,
+                          "stage_steps": stage_steps, "target": target, "steps_to_target": reached,
+                          "curve": [{"env_steps": s, "mean_return": r, "carried": c} for s, r, c in curve], **info})
         with clock.phase("joint"):
             joint = agent.joint() if isinstance(agent, EditingAgent) else None
         joint_returns = None if joint is None else row(phase="joint") if joint else list(raw[-1])
@@ -302,9 +349,10 @@ def _stream(cfg: StreamConfig, stage_cfgs: list[LoopConfig], tasks: list[tuple[C
         metrics=stream_metrics(normalised or raw), steps_to_target=steps_to_target, env_steps=env_steps,
         items_inserted=totals["insert"], items_modified=totals["modify"], items_erased=totals["erase"],
         items_replayed=agent.replayed, joint_returns=joint_returns, acc_joint=acc_joint, out=str(out),
-        phases=clock.snapshot(), wall_seconds=time.perf_counter() - start)
+        resumed_after=resumed_after, phases=clock.snapshot(), wall_seconds=time.perf_counter() - start)
     atomic_write(out / "matrix.png", plot_matrix(normalised or raw, envs, f"{cfg.strategy} ({cfg.accumulate}), "
                                                   f"seed {cfg.seed}", normalised is not None))
+    (out / ckpt.NAME).unlink(missing_ok=True)  # the stream is whole: nothing to go on from
     return summary
 
 
