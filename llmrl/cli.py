@@ -321,6 +321,7 @@ def cmd_continual(args: argparse.Namespace) -> dict:
 
 def cmd_ablate(args: argparse.Namespace) -> dict:
     from llmrl.ablate import ablate, expand, load_config
+    from llmrl.continual.checkpoint import stopped_after
     from llmrl.resume import refuse_auto_redo, status
 
     cfg = load_config(args.config, args.set)
@@ -330,9 +331,13 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
         specs = expand(cfg)
         refuse_auto_redo(cfg.dtype, cfg.out, specs)
         runs = [{"run_id": s.run_id, "status": status(cfg.out, s)} for s in specs]
+        for r, s in zip(runs, specs):
+            if s.stream and r["status"] != "ok":
+                r["after_stage"] = stopped_after(cfg.out / "runs" / s.run_id / "checkpoint.json")
         if not args.json:
             for r in runs:
-                print(f"{r['status']:<7} {r['run_id']}")
+                partial = f"  (goes on after stage {r['after_stage']})" if r.get("after_stage") is not None else ""
+                print(f"{r['status']:<7} {r['run_id']}{partial}")
             print(f"{len(runs)} runs, {sum(r['status'] == 'ok' for r in runs)} done, results in {cfg.out}")
         return {"runs": runs, "out": str(cfg.out)}
 

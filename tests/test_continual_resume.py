@@ -163,6 +163,8 @@ def test_a_grid_goes_on_with_the_stream_a_fault_stopped(tmp_path, capsys, monkey
             main(["ablate", str(path), "--json"])
     run = tmp_path / "grid" / "runs" / "stream__context__rebuild__s0__tiny"
     assert (run / ckpt.NAME).exists() and not run.with_suffix(".json").exists()
+    assert main(["ablate", str(path), "--dry-run"]) == 0
+    assert "todo    stream__context__rebuild__s0__tiny  (goes on after stage 2)" in capsys.readouterr().out
     assert main(["ablate", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["ran"] == 1
     record = json.loads(run.with_suffix(".json").read_text())

@@ -76,6 +76,15 @@ def load(out: Path, config: dict[str, Any]) -> Checkpoint | None:
     return checkpoint if len(lines) > checkpoint.stage else None
 
 
+def stopped_after(path: Path) -> int | None:
+    """The last finished stage a stream's checkpoint file names, for listing (not checked against a config)."""
+    try:
+        stage = json.loads(path.read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, int) else None
+
+
 def truncate_lines(out: Path, stage: int) -> None:
     """Keep the stage lines up to ``stage``: a line written after the checkpoint belongs to the stage replayed."""
     path = out / "stages.jsonl"
