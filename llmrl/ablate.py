@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 from pydantic import Field, model_validator
 
 from llmrl.config import LoopConfig, Strict, apply_overrides, build, load_yaml
+from llmrl.continual.checkpoint import NAME as CHECKPOINT
 from llmrl.cores import claim, share
 from llmrl.errors import UsageError
 from llmrl.folders import exclusive, short_name, writable
@@ -307,7 +308,7 @@ def execute(spec: RunSpec, results: str, threads: int | None = None) -> RunRecor
     try:
         # left by an attempt that was killed or failed: a run starts from an empty folder, a stream from its
         # last finished stage where it left a checkpoint (llmrl.continual.checkpoint)
-        if folder.exists() and not (spec.stream and (folder / "checkpoint.json").exists()):
+        if folder.exists() and not (spec.stream and (folder / CHECKPOINT).exists()):
             shutil.rmtree(folder)
         outcome = _RUNNERS[kind](spec, folder)
         return RunRecord(**{**base, **outcome}, status="ok", wall_seconds=time.perf_counter() - t0)

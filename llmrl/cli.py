@@ -321,7 +321,7 @@ def cmd_continual(args: argparse.Namespace) -> dict:
 
 def cmd_ablate(args: argparse.Namespace) -> dict:
     from llmrl.ablate import ablate, expand, load_config
-    from llmrl.continual.checkpoint import stopped_after
+    from llmrl.continual.checkpoint import NAME, stopped_after
     from llmrl.resume import refuse_auto_redo, status
 
     cfg = load_config(args.config, args.set)
@@ -333,7 +333,7 @@ def cmd_ablate(args: argparse.Namespace) -> dict:
         runs = [{"run_id": s.run_id, "status": status(cfg.out, s)} for s in specs]
         for r, s in zip(runs, specs):
             if s.stream and r["status"] != "ok":
-                r["after_stage"] = stopped_after(cfg.out / "runs" / s.run_id / "checkpoint.json")
+                r["after_stage"] = stopped_after(cfg.out / "runs" / s.run_id / NAME)
         if not args.json:
             for r in runs:
                 partial = f"  (goes on after stage {r['after_stage']})" if r.get("after_stage") is not None else ""
