@@ -66,6 +66,10 @@ def test_a_stream_end_to_end(tmp_path, capsys, monkeypatch):
     assert [p["env_steps"] for p in first["curve"]] == [0, 48, 96] and first["curve"][0]["mean_return"] == raw[0][0]
     assert first["steps_to_target"] == next(p["env_steps"] for p in first["curve"] if p["mean_return"] >= 9)
     assert "locality_kl" in first
+    for line in lines[1:]:  # one card: its items' share is there exactly when it holds items
+        assert set(line["reliability"]) == ({"CartPole-v1"} if line["items"] else set())
+        assert all(0 <= v <= 1 for v in line["reliability"].values())
+        assert all(i["reliability"] < 0.5 for i in line["items_not_held"])
     assert first["held_at_start"] == 0 and first["revised"] == 0  # nothing was held before the first stage
     for before, line in zip(lines[1:], lines[2:]):
         assert line["held_at_start"] == before["items"]  # one card: the items the last stage ended with
@@ -317,6 +321,29 @@ def test_steps_to_revise_count_the_held_items_a_stage_contradicts(tmp_path):
     info = agent.stage_info()
     assert (info["held_at_start"], info["revised"], info["steps_to_revise"]) == (3, 2, [100, 150])
     assert info["items_erase"] == 3  # every erase counts; only held ones are revisions
+
+
+def test_a_stage_line_names_the_items_their_policy_does_not_choose(tmp_path):
+    from llmrl.cards import get_card
+    from llmrl.config import LoopConfig
+    from llmrl.continual.agents import EditingAgent
+    from llmrl.knowledge import KnowledgeItem
+
+    card, _ = get_card("CartPole-v1")
+    cfg = LoopConfig(env="CartPole-v1", strategy="none", model="tiny", device="cpu", dtype="float32",
+                     locality=False)
+    agent = EditingAgent([cfg], [card], None, "rebuild", tmp_path)
+    agent.begin(card, None, reset_feedback=True)
+    policy, kb = agent.tasks[card.key]
+    texts = [f"the pole leans {w}" for w in ("left", "right", "back", "forward")]
+    chosen = [policy.action_words[k] for k in policy.scores(texts).argmax(-1).tolist()]
+    other = next(w for w in policy.action_words if w != chosen[1])
+    kb.items = {"a": KnowledgeItem("a", chosen[0], 1.0, 20, examples=texts[:1]),
+                "b": KnowledgeItem("b", other, 1.0, 20, examples=texts[1:2]),  # the model chooses otherwise
+                "c": KnowledgeItem("c", chosen[2], 1.0, 20, examples=texts[2:])}  # held on at least half
+    info = agent.stage_info()
+    assert info["reliability"] == {card.key: (1 + 0 + 1 + (chosen[3] == chosen[2])) / 4}
+    assert info["items_not_held"] == [{"card": card.key, "situation": "b", "action": other, "reliability": 0.0}]
 
 
 def test_a_stage_with_a_target_no_run_reached_keeps_its_column():

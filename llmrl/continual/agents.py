@@ -28,6 +28,8 @@ from llmrl.phases import STREAM_PHASES, PhaseClock
 from llmrl.policy import Policy
 
 KINDS = ("insert", "modify", "retain", "erase")
+#: An item chosen on fewer of its examples than this is not held: its edit did not take, or a later one undid it.
+HELD_BELOW = 0.5
 
 
 class EditingAgent:
@@ -88,7 +90,8 @@ class EditingAgent:
         return lesson.env_steps
 
     def stage_info(self) -> dict[str, Any]:
-        """The stage's knowledge changes, the items held (on its card and on all) and locality."""
+        """The stage's knowledge changes, the items held (on its card and on all), whether each card's items
+        still hold, and locality."""
         info: dict[str, Any] = {"items": len(self.tasks[self.card.key][1].items),
                                 "items_held": sum(len(kb.items) for _, kb in self.tasks.values()),
                                 **{f"items_{k}": v for k, v in self.changes.items()},
@@ -96,10 +99,32 @@ class EditingAgent:
                                 # stage's environment steps until each was erased or replaced
                                 "held_at_start": len(self.held), "revised": len(self.revised),
                                 "steps_to_revise": sorted(self.revised.values())}
+        with self.clock.phase("evaluate"):
+            info.update(self._holding())
         if self.probe:
             with self.clock.phase("locality"):
                 info.update(self.probe.measure() if self.learner.model_edited else self.probe.unchanged())
         return info
+
+    def _holding(self) -> dict[str, Any]:
+        """Per card holding items, the share of its items' examples on which its policy chooses the item's
+        action (``reliability``), and the items chosen on fewer than :data:`HELD_BELOW` of theirs
+        (``items_not_held``): the returns cannot say whether an item is missing from the knowledge or its
+        edit did not take, or a later edit on another card undid it."""
+        shares: dict[str, float] = {}
+        not_held: list[dict[str, Any]] = []
+        for key, (policy, kb) in self.tasks.items():
+            pairs = [(t, item) for item in kb.items.values() for t in item.examples]
+            if not pairs:
+                continue
+            picks = policy.scores([t for t, _ in pairs]).argmax(-1).tolist()
+            hits: dict[str, list[bool]] = {}
+            for k, (_, item) in zip(picks, pairs):
+                hits.setdefault(item.situation, []).append(policy.action_words[k] == item.action)
+            shares[key] = sum(map(sum, hits.values())) / len(pairs)
+            not_held += [{"card": key, "situation": s, "action": kb.items[s].action, "reliability": sum(h) / len(h)}
+                         for s, h in hits.items() if sum(h) / len(h) < HELD_BELOW]
+        return {"reliability": shares, "items_not_held": not_held}
 
     def joint(self) -> bool | None:
         """Make the joint upper bound: every card's final items injected at once on the untouched model.
