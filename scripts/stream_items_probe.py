@@ -27,6 +27,7 @@ from llmrl.continual.agents import EditingAgent
 from llmrl.continual.stream import StreamConfig
 from llmrl.knowledge import KnowledgeItem
 from llmrl.learner import make_injector
+from llmrl.metrics import reliability
 
 
 def main() -> None:
@@ -47,8 +48,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         agent = EditingAgent([cfg.stage_config(s) for s in cfg.stages], cards,
                              make_injector(cfg.strategy, options), cfg.accumulate, Path(out))
-        items = [(card, KnowledgeItem(**i)) for i in saved["items"] for card in [i.pop("card")]]
-        items.sort(key=lambda pair: pair[1].iteration)
+        items = sorted(((i.pop("card"), KnowledgeItem(**i)) for i in saved["items"]),
+                       key=lambda pair: pair[1].iteration)
         held: list[tuple[str, KnowledgeItem]] = []
         for (it, card), group in groupby(items, key=lambda pair: (pair[1].iteration, pair[0])):
             if args.until is not None and it > args.until:
@@ -62,11 +63,8 @@ def main() -> None:
 
 
 def _held(agent: EditingAgent, card: str, item: KnowledgeItem) -> dict:
-    policy = agent.tasks[card][0]
-    picks = policy.scores(item.examples, cached=False).argmax(-1).tolist()
-    share = sum(policy.action_words[k] == item.action for k in picks) / len(picks)
     return {"card": card, "situation": item.situation, "action": item.action, "iteration": item.iteration,
-            "reliability": round(share, 3)}
+            "reliability": round(reliability(agent.tasks[card][0], [item]), 3)}
 
 
 if __name__ == "__main__":
