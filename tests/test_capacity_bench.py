@@ -33,7 +33,7 @@ def bench_json(capsys, pool, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
-# statistics from 2,000 corpus tokens: the default 20,000 took 78 s of the first ROME cell in a fresh cache, 2,000 13 s
+# weights statistics from 2,000 corpus tokens: the default 20,000 took 78 s of the first ROME cell in a fresh cache
 SMALL_CORPUS = ["--set", "stats_tokens=2000"]
 
 # eleven adapter trainings and their replays take a minute and more: the slow set
@@ -46,9 +46,7 @@ CASES = [pytest.param(m, s, id=f"{m}-{'sequential' if s else 'batch'}",
 def test_every_method_inserts_erases_and_undoes_exactly(capsys, pool, method, sequential):
     # at an adapter's default 40 steps a training, a method took about a minute on one thread; what is checked
     # here (erase and undo) does not depend on how well the adapter learned
-    short = ["--set", "steps=8"] if METHODS[method].strategy == "adapter" else []
-    if METHODS[method].strategy == "weights":
-        short = SMALL_CORPUS
+    short = {"adapter": ["--set", "steps=8"], "weights": SMALL_CORPUS}.get(METHODS[method].strategy, [])
     out = bench_json(capsys, pool, "--method", method, "--items", "11", *(["--sequential"] if sequential else []),
                      *short)
     assert KEYS <= set(out) and (out["method"], out["items"], out["sequential"]) == (method, 11, sequential)
